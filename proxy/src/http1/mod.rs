@@ -1,0 +1,6 @@
+//! HTTP/1.x: head parsing and serialisation, body framing (RFC 9112), the
+//! chunked decoder, hop-by-hop header handling.
+//!
+//! The streaming engine that uses these lives in `crate::engine` (data plane).
+
+pub mod codec;

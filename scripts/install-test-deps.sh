@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything the test suite talks to: real servers, clients and
+# netfilter tools (Debian packages), Python packages in a venv, helm.
+# Idempotent: a second run only checks. Used by ./test.sh (and so by .ci/run).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv="${TPROXY_TEST_VENV:-$here/target/test-venv}"
+
+apt_pkgs=(
+  iptables nftables iproute2 procps
+  nginx-light nghttp2-client curl openssl wrk
+  prometheus
+  python3-venv
+)
+
+need=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if ((${#need[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: missing Debian packages (${need[*]}); run as root or install them" >&2
+    [ -n "${CI:-}" ] && exit 1
+  else
+    echo "install-test-deps: apt-get install ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+# Debian starts nginx on install; tests run their own instances.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
+pkill -x nginx >/dev/null 2>&1 || true
+
+# Python packages: mitmproxy (CA interop, peer in benchmarks), grpcio (gRPC
+# through the proxy), kubernetes-validate (manifests).
+py_pkgs=(mitmproxy grpcio grpcio-tools kubernetes-validate)
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+missing_py=()
+for p in "${py_pkgs[@]}"; do
+  "$venv/bin/python" -m pip show -q "$p" >/dev/null 2>&1 || missing_py+=("$p")
+done
+if ((${#missing_py[@]})); then
+  echo "install-test-deps: pip install ${missing_py[*]}"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${missing_py[@]}"
+fi
+echo "install-test-deps: ok (venv $venv)"
