@@ -1,11 +1,21 @@
 //! tproxy — a thread-per-core intercepting HTTP(S) proxy.
 //!
 //! The connection path reads as phases (see `docs/architecture.md`):
-//! accept → destination → loop guard → sniff → decide → passthrough | intercept.
-//! Each phase lives in its own module below.
+//! accept (`worker`) → destination and loop guard (`conn`, `net::origdst`) →
+//! sniff (`detect`) → passthrough (`passthrough`) | intercept (`tls`,
+//! `engine`, `upstream`) → flow log (`flowlog`) and metrics (`metrics`).
 
+pub mod admin;
+pub mod config;
+pub mod conn;
 pub mod detect;
+pub mod engine;
 pub mod flowlog;
 pub mod http1;
+pub mod metrics;
+pub mod net;
 pub mod passthrough;
+pub mod run;
 pub mod tls;
+pub mod upstream;
+pub mod worker;

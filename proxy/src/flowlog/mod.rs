@@ -46,10 +46,18 @@ pub enum ConnEventKind {
     ClientConnect,
     ClientDisconnect,
     /// `authority` is `host:port` as the client asked for it.
-    ServerConnect { authority: String, addr: SocketAddr },
-    ServerDisconnect { authority: String, addr: SocketAddr },
+    ServerConnect {
+        authority: String,
+        addr: SocketAddr,
+    },
+    ServerDisconnect {
+        authority: String,
+        addr: SocketAddr,
+    },
     /// A connection-level error worth a line (TLS failure, refused, loop).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// A captured body (only at --flow-detail >= 3).

@@ -131,13 +131,19 @@ pub enum BodyKind {
 
 /// Parse a request head from the start of `buf`. `Ok(None)` = incomplete.
 /// Returns the head and its length in bytes.
-pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, ParseError> {
+pub fn parse_request(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(RequestHead, usize)>, ParseError> {
     let _ = (buf, limits);
     Ok(None)
 }
 
 /// Parse a response head from the start of `buf`. `Ok(None)` = incomplete.
-pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(ResponseHead, usize)>, ParseError> {
+pub fn parse_response(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(ResponseHead, usize)>, ParseError> {
     let _ = (buf, limits);
     Ok(None)
 }
@@ -149,7 +155,10 @@ pub fn request_body_kind(head: &RequestHead) -> Result<BodyKind, FramingError> {
 }
 
 /// Body framing of a response to a request with `request_method`.
-pub fn response_body_kind(head: &ResponseHead, request_method: &str) -> Result<BodyKind, FramingError> {
+pub fn response_body_kind(
+    head: &ResponseHead,
+    request_method: &str,
+) -> Result<BodyKind, FramingError> {
     let _ = (head, request_method);
     Ok(BodyKind::Empty)
 }
@@ -193,8 +202,15 @@ impl ChunkedDecoder {
         Self::default()
     }
 
-    pub fn decode(&mut self, input: &[u8], on_data: &mut dyn FnMut(&[u8])) -> Result<Progress, FramingError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<Progress, FramingError> {
         let _ = (input, on_data);
-        Ok(Progress { consumed: 0, done: true })
+        Ok(Progress {
+            consumed: 0,
+            done: true,
+        })
     }
 }

@@ -21,7 +21,9 @@ pub enum LeafName {
 pub enum Outcome {
     Hit,
     /// Minted by this call; `mint` is the signing time.
-    Miss { mint: Duration },
+    Miss {
+        mint: Duration,
+    },
     /// Another worker was minting the same name; this call waited for it.
     Coalesced,
 }

@@ -1,0 +1,379 @@
+//! One client connection, phase by phase:
+//! accept → destination → loop guard → sniff → passthrough | intercept.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::io::IntoPollIo;
+use monoio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Mode;
+use crate::detect::{self, ClientHello, Sniff};
+use crate::engine::{self, ConnCtx, Exit, Preconnected, Scope, log_conn_error};
+use crate::flowlog::{ConnEvent, ConnEventKind, TcpFlow};
+use crate::metrics::ConnKind;
+use crate::net::origdst;
+use crate::net::rewind::Rewind;
+use crate::net::stream::{ClientIo, Tcp};
+use crate::tls::certcache::{LeafName, Outcome};
+use crate::upstream::{self, Target};
+use crate::worker::Worker;
+
+/// Bytes read at most to classify a connection's first message.
+const SNIFF_LIMIT: usize = 64 * 1024;
+/// How long a client may stay silent before we treat it as server-speaks-first.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed for the client's TLS handshake with us.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve one accepted connection to the end.
+pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketAddr) {
+    let shared = &worker.shared;
+    let peer = origdst::normalize(peer);
+    let _ = stream.set_nodelay(true);
+    let active = shared.metrics.active(mode);
+    active.inc();
+    let ctx = ConnCtx {
+        client: peer,
+        mode,
+        sni: None,
+    };
+    event(worker, &ctx, ConnEventKind::ClientConnect);
+    match mode {
+        Mode::Regular => serve_regular(worker, ctx.clone(), stream).await,
+        Mode::Transparent => serve_transparent(worker, ctx.clone(), stream).await,
+    }
+    event(worker, &ctx, ConnEventKind::ClientDisconnect);
+    active.dec();
+}
+
+fn event(worker: &Worker, ctx: &ConnCtx, kind: ConnEventKind) {
+    worker.shared.flowlog.conn_event(ConnEvent {
+        at: SystemTime::now(),
+        client: ctx.client,
+        kind,
+    });
+}
+
+fn to_poll(stream: TcpStream) -> Option<Tcp> {
+    stream.into_poll_io().ok()
+}
+
+async fn serve_regular(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
+    let Some(tcp) = to_poll(stream) else { return };
+    let mut client = ClientIo::Plain(tcp);
+    let exit = engine::serve(
+        worker,
+        &ctx,
+        &mut client,
+        Vec::new(),
+        Scope::Proxy,
+        Preconnected::None,
+    )
+    .await;
+    let Exit::Connect { head, leftover } = exit else {
+        worker.shared.metrics.conn(ctx.mode, ConnKind::Intercepted);
+        return;
+    };
+    let ClientIo::Plain(mut tcp) = client else {
+        return;
+    };
+    let Some((host, port)) = engine_split_authority(&head.target) else {
+        let _ = tcp
+            .write_all(&crate::engine::respond_error(
+                400,
+                &format!("bad CONNECT target `{}`", head.target),
+            ))
+            .await;
+        return;
+    };
+    let dest = Target {
+        host: host.clone(),
+        port,
+        addr: None,
+        tls: None,
+    };
+    if tcp
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if worker.shared.cfg.is_ignored(&host, port) {
+        passthrough(worker, &ctx, tcp, leftover, dest, None, "ignore-hosts").await;
+        return;
+    }
+    tunnel(worker, ctx, tcp, leftover, dest).await;
+}
+
+fn engine_split_authority(target: &str) -> Option<(String, u16)> {
+    let (h, p) = crate::engine::split_authority(target, 0)?;
+    (p != 0).then_some((h, p))
+}
+
+/// Classify the first bytes inside a tunnel / redirected connection and
+/// hand off to interception or passthrough.
+async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8>, dest: Target) {
+    let cfg = &worker.shared.cfg;
+    let sniffed = sniff(&mut tcp, &mut buf).await;
+    match sniffed {
+        Sniff::Tls(hello) => {
+            let sni_host = hello.sni.clone();
+            if let Some(sni) = &sni_host
+                && cfg.is_ignored(sni, dest.port)
+            {
+                passthrough(
+                    worker,
+                    &ctx,
+                    tcp,
+                    buf,
+                    dest,
+                    sni_host.clone(),
+                    "ignore-hosts",
+                )
+                .await;
+                return;
+            }
+            ctx.sni = sni_host;
+            intercept_tls(worker, ctx, tcp, buf, hello, dest).await;
+        }
+        Sniff::Http1 => {
+            worker.shared.metrics.conn(ctx.mode, ConnKind::Intercepted);
+            let mut client = ClientIo::Plain(tcp);
+            let scope = Scope::Fixed {
+                target: dest,
+                tls: false,
+            };
+            engine::serve(worker, &ctx, &mut client, buf, scope, Preconnected::None).await;
+        }
+        Sniff::H2Preface => {
+            passthrough(worker, &ctx, tcp, buf, dest, None, "h2c (not intercepted)").await;
+        }
+        Sniff::Other | Sniff::NeedMore => {
+            passthrough(worker, &ctx, tcp, buf, dest, None, "not HTTP or TLS").await;
+        }
+    }
+}
+
+/// Read until the first bytes classify (bounded in size and time).
+async fn sniff(tcp: &mut Tcp, buf: &mut Vec<u8>) -> Sniff {
+    loop {
+        if !buf.is_empty() {
+            match detect::sniff(buf) {
+                Sniff::NeedMore if buf.len() < SNIFF_LIMIT => {}
+                Sniff::NeedMore => return Sniff::Other,
+                s => return s,
+            }
+        }
+        buf.reserve(4096);
+        match monoio::time::timeout(SNIFF_TIMEOUT, tcp.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Silence (server-speaks-first protocol) or EOF: pass through.
+            _ => return Sniff::Other,
+        }
+    }
+}
+
+async fn serve_transparent(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
+    let shared = &worker.shared;
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let dst = match origdst::original_dst(&stream, local) {
+        Ok(d) => d,
+        Err(e) => {
+            shared.metrics.conn(ctx.mode, ConnKind::Refused);
+            log_conn_error(
+                worker,
+                &ctx,
+                format!("no original destination (SO_ORIGINAL_DST): {e}"),
+            );
+            return;
+        }
+    };
+    // Loop guard: a connection made straight to our port, or redirected to
+    // another of our listeners, would be proxied to ourselves forever.
+    if dst == origdst::normalize(local) || shared.is_own_listener(dst) {
+        shared.metrics.conn(ctx.mode, ConnKind::Refused);
+        log_conn_error(
+            worker,
+            &ctx,
+            format!(
+                "refused: destination {dst} is this proxy's own listener (connection was not redirected)"
+            ),
+        );
+        return;
+    }
+    let Some(tcp) = to_poll(stream) else { return };
+    let dest = Target {
+        host: dst.ip().to_string(),
+        port: dst.port(),
+        addr: Some(dst),
+        tls: None,
+    };
+    if shared.cfg.is_ignored(&dest.host, dest.port) {
+        passthrough(worker, &ctx, tcp, Vec::new(), dest, None, "ignore-hosts").await;
+        return;
+    }
+    tunnel(worker, ctx, tcp, Vec::new(), dest).await;
+}
+
+/// Terminate the client's TLS with a minted leaf and serve HTTP inside.
+async fn intercept_tls(
+    worker: &Worker,
+    ctx: ConnCtx,
+    tcp: Tcp,
+    buf: Vec<u8>,
+    hello: ClientHello,
+    dest: Target,
+) {
+    let shared = &worker.shared;
+    shared.metrics.conn(ctx.mode, ConnKind::Intercepted);
+    // Upstream first: its failure is reported inside the TLS session as a 502
+    // the user can read, instead of a bare handshake failure.
+    let upstream_sni = hello.sni.clone().or_else(|| {
+        (dest.addr.is_none() && dest.host.parse::<std::net::IpAddr>().is_err())
+            .then(|| dest.host.clone())
+    });
+    let target = Target {
+        tls: Some(upstream_sni),
+        ..dest
+    };
+    let pre = match upstream::get(worker, &target).await {
+        Ok((c, t)) => Preconnected::Conn(c, t),
+        Err(e) => Preconnected::Failed(e),
+    };
+    let leaf_name = match (&hello.sni, &target.addr) {
+        (Some(s), _) => LeafName::Dns(s.clone()),
+        (None, Some(a)) => LeafName::Ip(a.ip()),
+        (None, None) => match target.host.parse() {
+            Ok(ip) => LeafName::Ip(ip),
+            Err(_) => LeafName::Dns(target.host.clone()),
+        },
+    };
+    let leaf = match shared.certs.get(&leaf_name) {
+        Ok((leaf, outcome)) => {
+            match outcome {
+                Outcome::Hit => shared.metrics.cert_hit.inc(),
+                Outcome::Coalesced => shared.metrics.cert_coalesced.inc(),
+                Outcome::Miss { mint } => {
+                    shared.metrics.cert_miss.inc();
+                    shared.metrics.cert_mint_seconds.observe(mint.as_secs_f64());
+                    shared
+                        .metrics
+                        .cert_cache_entries
+                        .set(shared.certs.len() as i64);
+                }
+            }
+            leaf
+        }
+        Err(e) => {
+            log_conn_error(worker, &ctx, e.to_string());
+            return;
+        }
+    };
+    // HTTP/1.1 only for now; a client that offered no ALPN gets none.
+    let alpn: Vec<Vec<u8>> = if hello.alpn.is_empty() {
+        Vec::new()
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let config = crate::tls::server::server_config(leaf, &alpn);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let host = hello.sni.clone().unwrap_or_else(|| {
+        target
+            .addr
+            .map_or_else(|| target.host.clone(), |a| a.ip().to_string())
+    });
+    let started = Instant::now();
+    let tls = match monoio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Rewind::new(buf, tcp)))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.metrics.tls_failed[crate::metrics::CLIENT].inc();
+            let msg = if crate::tls::upstream::client_rejected_our_cert(&e) {
+                format!("client does not trust the tproxy CA for {host} ({e})")
+            } else {
+                format!("TLS handshake with client failed for {host}: {e}")
+            };
+            log_conn_error(worker, &ctx, msg);
+            return;
+        }
+        Err(_) => {
+            shared.metrics.tls_failed[crate::metrics::CLIENT].inc();
+            log_conn_error(
+                worker,
+                &ctx,
+                format!("client TLS handshake for {host} timed out"),
+            );
+            return;
+        }
+    };
+    shared.metrics.tls_ok[crate::metrics::CLIENT].inc();
+    tracing::trace!(sni = %host, handshake_us = started.elapsed().as_micros() as u64, "client TLS established");
+    let mut client = ClientIo::Tls(Box::new(tls));
+    let scope = Scope::Fixed { target, tls: true };
+    engine::serve(worker, &ctx, &mut client, Vec::new(), scope, pre).await;
+}
+
+/// Relay the connection untouched to `dest`, after replaying `prefix`.
+async fn passthrough(
+    worker: &Worker,
+    ctx: &ConnCtx,
+    tcp: Tcp,
+    prefix: Vec<u8>,
+    dest: Target,
+    sni: Option<String>,
+    reason: &str,
+) {
+    let shared = &worker.shared;
+    shared.metrics.conn(ctx.mode, ConnKind::Passthrough);
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let mut flow = TcpFlow {
+        started,
+        client: ctx.client,
+        mode: ctx.mode.as_str(),
+        destination: dest.authority(),
+        server_addr: None,
+        sni,
+        client_to_server: 0,
+        server_to_client: 0,
+        duration: Duration::ZERO,
+        reason: reason.to_owned(),
+        error: None,
+    };
+    let result = async {
+        let client = tcp
+            .try_into_comp_io()
+            .map_err(|(e, _)| format!("cannot switch client socket to completion mode: {e}"))?;
+        let (mut server, addr) = upstream::connect_tcp(worker, &dest)
+            .await
+            .map_err(|e| e.to_string())?;
+        flow.server_addr = Some(addr);
+        if !prefix.is_empty() {
+            let len = prefix.len() as u64;
+            let (res, _) = server.write_all(prefix).await;
+            res.map_err(|e| format!("writing to {addr}: {e}"))?;
+            flow.client_to_server = len;
+        }
+        crate::passthrough::relay(client, server, shared.cfg.relay_mode)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(stats) => {
+            flow.client_to_server += stats.client_to_server;
+            flow.server_to_client = stats.server_to_client;
+        }
+        Err(e) => flow.error = Some(e),
+    }
+    flow.duration = t0.elapsed();
+    shared.flowlog.tcp(flow);
+}

@@ -1,0 +1,7 @@
+//! Socket plumbing: listeners, original destination, stream adaptors,
+//! upstream connections.
+
+pub mod listener;
+pub mod origdst;
+pub mod rewind;
+pub mod stream;

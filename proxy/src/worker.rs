@@ -1,0 +1,170 @@
+//! State shared by all workers ([`Shared`]) and owned by one worker
+//! ([`Worker`]), and the worker thread itself: one monoio runtime per core.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+
+use crate::config::{Config, Mode};
+use crate::flowlog::FlowLog;
+use crate::metrics::Metrics;
+use crate::tls::ca::CertificateAuthority;
+use crate::tls::certcache::CertCache;
+use crate::upstream::Pool;
+
+/// Everything the workers share (read-mostly).
+#[derive(Debug)]
+pub struct Shared {
+    pub cfg: Config,
+    pub ca: Arc<CertificateAuthority>,
+    pub certs: CertCache,
+    /// Upstream client config offering http/1.1.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub flowlog: FlowLog,
+    pub metrics: Metrics,
+    /// Addresses our listeners are bound to (loop guard).
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Set on SIGTERM/SIGINT: stop accepting, finish in-flight flows.
+    pub shutting_down: AtomicBool,
+    /// Client connections being served, across workers.
+    pub in_flight: AtomicUsize,
+}
+
+impl Shared {
+    /// Whether `addr` is one of our own listeners (a request to it would loop).
+    pub fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        let addr = crate::net::origdst::normalize(addr);
+        self.listen_addrs.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip() == addr.ip()
+                    || (l.ip().is_unspecified()
+                        && (addr.ip().is_loopback() || is_local_ip(addr.ip()))))
+        })
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `ip` is assigned to an interface of this host (network namespace).
+fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    // Binding to a non-local address fails with EADDRNOTAVAIL.
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(SocketAddr::new(ip, 0)),
+        socket2::Type::DGRAM,
+        None,
+    );
+    sock.and_then(|s| s.bind(&SocketAddr::new(ip, 0).into()))
+        .is_ok()
+}
+
+/// One worker's own state (lives on its thread; `Rc`, not `Arc`).
+#[derive(Debug)]
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub pool: RefCell<Pool>,
+}
+
+/// Which I/O driver a runtime got.
+pub fn driver_name<L, R>(rt: &monoio::FusionRuntime<L, R>) -> &'static str {
+    match rt {
+        monoio::FusionRuntime::Uring(_) => "io_uring",
+        monoio::FusionRuntime::Legacy(_) => "epoll",
+    }
+}
+
+/// Run one worker thread until shutdown: accept on every listener, serve
+/// each connection on its own task.
+pub fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<(Mode, std::net::TcpListener)>,
+    ready: &std::sync::mpsc::Sender<(usize, Result<(), String>)>,
+) -> std::io::Result<()> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
+        .build()?;
+    let driver = driver_name(&rt);
+    tracing::info!(worker = id, driver, "worker started");
+    shared
+        .metrics
+        .workers
+        .with_label_values(&[&id.to_string(), driver])
+        .set(1);
+    rt.block_on(async move {
+        let worker = Rc::new(Worker {
+            id,
+            shared: shared.clone(),
+            pool: RefCell::new(Pool::default()),
+        });
+        let mut accept_tasks = Vec::new();
+        for (mode, std_listener) in listeners {
+            let listener = TcpListener::from_std(std_listener)?;
+            let w = worker.clone();
+            accept_tasks.push(monoio::spawn(accept_loop(w, mode, listener)));
+        }
+        let _ = ready.send((id, Ok(())));
+        let mut ticks = 0u32;
+        while !shared.shutting_down() {
+            monoio::time::sleep(Duration::from_millis(100)).await;
+            ticks += 1;
+            if ticks % 50 == 0 {
+                worker.pool.borrow_mut().sweep();
+            }
+        }
+        for t in accept_tasks {
+            t.await;
+        }
+        // Drain: wait for this process's in-flight connections (any worker's)
+        // up to the shutdown timeout; tasks on this thread keep running.
+        let deadline = std::time::Instant::now() + shared.cfg.shutdown_timeout;
+        while shared.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worker.pool.borrow_mut().clear();
+        Ok(())
+    })
+}
+
+async fn accept_loop(worker: Rc<Worker>, mode: Mode, listener: TcpListener) {
+    let shared = worker.shared.clone();
+    loop {
+        // Wait for readiness (cancel-safe), not for `accept` itself: dropping an
+        // in-flight io_uring accept could lose a connection.
+        let ready = monoio::select! {
+            r = listener.readable(false) => Some(r),
+            _ = monoio::time::sleep(Duration::from_millis(100)) => None,
+        };
+        if shared.shutting_down() {
+            break;
+        }
+        let accepted = match ready {
+            None => None,
+            Some(_) => Some(listener.accept().await),
+        };
+        match accepted {
+            None => continue,
+            Some(Ok((stream, peer))) => {
+                shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                let w = worker.clone();
+                monoio::spawn(async move {
+                    crate::conn::serve(&w, mode, stream, peer).await;
+                    w.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
