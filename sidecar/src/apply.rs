@@ -209,9 +209,10 @@ fn ipt_tool(v: IptVariant, fam: Family, t: IptTool) -> Result<PathBuf, ApplyErro
     })
 }
 
-/// `iptables-save -t filter` of a variant and family.
+/// `iptables-save` of a variant and family. Without `-t`: naming a table would make the
+/// legacy variant create it, and `--dry-run` must change nothing.
 pub fn ipt_save(v: IptVariant, fam: Family) -> Result<String, ApplyError> {
-    run_tool(&ipt_tool(v, fam, IptTool::Save)?, &["-t", "filter"], None)
+    run_tool(&ipt_tool(v, fam, IptTool::Save)?, &[], None)
 }
 
 /// True when this network namespace has IPv6 (no v6 rules are possible or needed otherwise).

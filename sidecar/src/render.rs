@@ -198,9 +198,17 @@ pub fn iptables(rs: &RuleSet, family: Family, hooked: bool) -> String {
     out
 }
 
-/// True when `save` (output of `iptables-save -t filter`) already jumps from OUTPUT to
-/// the sidecar's chain.
+/// True when the `*filter` section of `save` (output of `iptables-save`) already jumps
+/// from OUTPUT to the sidecar's chain.
 pub fn output_hooked(save: &str) -> bool {
     let want = format!("-A OUTPUT -j {IPT_CHAIN}");
-    save.lines().any(|l| l.trim_end() == want)
+    let mut in_filter = false;
+    for line in save.lines().map(str::trim_end) {
+        if let Some(table) = line.strip_prefix('*') {
+            in_filter = table == "filter";
+        } else if in_filter && line == want {
+            return true;
+        }
+    }
+    false
 }

@@ -1,6 +1,9 @@
 //! Golden-file tests for the pure renderers. Regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p tproxy-sidecar --test golden` and review the diff.
 
+// Helpers outside #[test] fns may unwrap too: a panic is a test failure with a location.
+#![allow(clippy::unwrap_used)]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 

@@ -1,6 +1,9 @@
 //! Root tests: the real `tproxy-sidecar` binary locks a pod namespace's egress, proven with
 //! real traffic to a world namespace, for every backend.
 
+// Helpers outside #[test] fns may unwrap too: a panic is a test failure with a location.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::{IpAddr, SocketAddr};

@@ -362,6 +362,11 @@ pub fn tcp_probe(addr: SocketAddr) -> Probe {
 }
 
 /// One DNS query over UDP on a connected socket (2 s cap).
+///
+/// A locally rejected datagram fails `send` with EPERM (netfilter dropped it in OUTPUT),
+/// which a plain DROP does too; what tells a reject apart is the ICMP error it queues on
+/// the socket. So after a refused send the probe reads the socket and reports that error
+/// (ECONNREFUSED for a port-unreachable; a silent drop would time out instead).
 pub fn udp_dns_probe(server: IpAddr) -> Probe {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
@@ -372,7 +377,11 @@ pub fn udp_dns_probe(server: IpAddr) -> Probe {
     s.connect((server, 53)).map_err(|e| e.kind())?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.kind())?;
-    s.send(&dns_query(0x1234)).map_err(|e| e.kind())?;
+    match s.send(&dns_query(0x1234)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+        Err(e) => return Err(e.kind()),
+    }
     let mut buf = [0u8; 512];
     let n = s.recv(&mut buf).map_err(|e| e.kind())?;
     assert!(dns_ok(0x1234, &buf[..n]), "bad DNS answer {:?}", &buf[..n]);
