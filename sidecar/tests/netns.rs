@@ -106,6 +106,10 @@ fn lock_matrix(backend: &str) {
     let first = dump(backend, &t.pod.name);
     assert!(first.contains("tproxy-sidecar"), "no rules found:\n{first}");
 
+    // Forget learnt neighbours so the IPv6 probes below need fresh neighbour discovery
+    // through the lock (the control probes above filled the cache).
+    t.pod.ip(&["-6", "neigh", "flush", "dev", "eth0"]);
+    t.world.ip(&["-6", "neigh", "flush", "dev", "w0"]);
     let after = t.pod.run(probe_all);
     let wrong: Vec<String> = after
         .iter()
@@ -289,4 +293,64 @@ fn failing_tool_fails_closed_with_its_stderr() {
     // Line 5 of the v4 restore input is the first rule after the header and flush.
     assert!(err.contains("rule: -A TPROXY-EGRESS"), "{err}");
     assert!(!everything(&pod.name).contains("tproxy"));
+}
+
+/// Auto detection without a working nft: iptables, legacy when only legacy holds rules.
+#[test]
+fn auto_backend_falls_back_to_iptables_by_existing_rules() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fake_tool(
+        dir.path(),
+        "nft",
+        "cat >/dev/null; echo 'Error: Could not process rule: Operation not supported' >&2; exit 1",
+    );
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let has = |ns: &str, tool: &str| ns_out(ns, &[tool]).contains("-A OUTPUT -j TPROXY-EGRESS");
+
+    // Nothing anywhere: the nf_tables variant.
+    let pod = Netns::new("fbnft");
+    let out = sidecar_in(&pod.name, &[("PATH", &path)], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(has(&pod.name, "iptables-nft-save"));
+    assert!(has(&pod.name, "ip6tables-nft-save"));
+    if tproxy_sidecar::backend::which("iptables-legacy-save").is_none() {
+        eprintln!("skipping the legacy half: iptables-legacy is not installed");
+        return;
+    }
+    assert!(!has(&pod.name, "iptables-legacy-save"));
+
+    // Legacy rules already present (e.g. another init container used legacy): legacy.
+    let pod = Netns::new("fblegacy");
+    ns_out(
+        &pod.name,
+        &[
+            "iptables-legacy",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "icmp",
+            "-j",
+            "ACCEPT",
+        ],
+    );
+    let out = sidecar_in(&pod.name, &[("PATH", &path)], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(has(&pod.name, "iptables-legacy-save"));
+    assert!(has(&pod.name, "ip6tables-legacy-save"));
+    assert!(!has(&pod.name, "iptables-nft-save"));
 }

@@ -330,7 +330,9 @@ impl Topology {
 
 /// Runs the sidecar binary inside `ns` with `env` and arguments `args`.
 pub fn sidecar_in(ns: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = Command::new("ip");
+    // Resolved with the test's PATH: `env` may replace the child's PATH.
+    let ip = tproxy_sidecar::backend::which("ip").unwrap();
+    let mut cmd = Command::new(ip);
     cmd.args(["netns", "exec", ns, BIN]).args(args);
     for k in [
         "BLOCK_SVC_CIDR",
