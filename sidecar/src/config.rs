@@ -217,13 +217,20 @@ mod tests {
         let a = args(&["--node-name", "198.18.0.1"]);
         let c = Config::from_args(&a, &resolve_system).unwrap();
         assert_eq!(c.node_addrs, vec!["198.18.0.1".parse::<IpAddr>().unwrap()]);
-        let a = args(&["--node-name", "no-such-node.invalid"]);
-        let e = Config::from_args(&a, &resolve_system)
-            .unwrap_err()
-            .to_string();
+        // Unresolvable names are tested in tests/netns.rs, inside a namespace from which no
+        // DNS query can leave.
+    }
+
+    #[test]
+    fn resolver_failure_and_empty_answer_are_errors() {
+        let a = args(&["--node-name", "node-x"]);
+        let fail = |_: &str| -> Result<Vec<IpAddr>, String> { Err("boom".to_owned()) };
+        let e = Config::from_args(&a, &fail).unwrap_err().to_string();
         assert!(
-            e.contains("NODE_NAME") && e.contains("no-such-node.invalid"),
+            e.contains("NODE_NAME") && e.contains("node-x") && e.contains("boom"),
             "{e}"
         );
+        let empty = |_: &str| -> Result<Vec<IpAddr>, String> { Ok(Vec::new()) };
+        assert!(Config::from_args(&a, &empty).is_err());
     }
 }

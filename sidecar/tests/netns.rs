@@ -354,3 +354,21 @@ fn auto_backend_falls_back_to_iptables_by_existing_rules() {
     assert!(has(&pod.name, "ip6tables-legacy-save"));
     assert!(!has(&pod.name, "iptables-nft-save"));
 }
+
+#[test]
+fn unresolvable_node_name_fails_and_applies_nothing() {
+    if !can_run() {
+        return;
+    }
+    // Only loopback in here: no resolver query can leave the namespace.
+    let pod = Netns::new("noname");
+    let before = everything(&pod.name);
+    let out = sidecar_in(&pod.name, &[("NODE_NAME", "no-such-node.invalid")], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("NODE_NAME") && err.contains("no-such-node.invalid"),
+        "{err}"
+    );
+    assert_eq!(before, everything(&pod.name));
+}
