@@ -22,7 +22,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// Every probe run from the pod, with what it must give once the lock is on.
 fn probe_all() -> Vec<(&'static str, Probe, Probe)> {
-    use std::io::ErrorKind::ConnectionRefused as Refused;
+    use std::io::ErrorKind::{ConnectionRefused as Refused, HostUnreachable, PermissionDenied};
     vec![
         ("tcp 80 node", tcp_probe(sa(NODE_V4, 80)), Ok(())),
         ("tcp 443 node", tcp_probe(sa(NODE_V4, 443)), Ok(())),
@@ -57,6 +57,13 @@ fn probe_all() -> Vec<(&'static str, Probe, Probe)> {
         ("tcp 8080 v6", tcp_probe(sa(WORLD_V6, 8080)), Err(Refused)),
         ("tcp 1080 v6", tcp_probe(sa(WORLD_V6, 1080)), Err(Refused)),
         ("udp dns other", udp_dns_probe(ip(DNS_OTHER)), Err(Refused)),
+        // ICMP admin-prohibited: EHOSTUNREACH (v4), EACCES (v6) from the queued error.
+        ("ping node", ping_probe(ip(NODE_V4)), Err(HostUnreachable)),
+        (
+            "ping v6 world",
+            ping_probe(ip(WORLD_V6)),
+            Err(PermissionDenied),
+        ),
         ("tcp dns other", tcp_dns_probe(ip(DNS_OTHER)), Err(Refused)),
     ]
 }

@@ -274,6 +274,11 @@ impl Topology {
         pod.ip(&["addr", "add", &format!("{POD_V4}/24"), "dev", "eth0"]);
         pod.ip(&["addr", "add", "fd00:198:18::2/64", "dev", "eth0", "nodad"]);
         pod.ip(&["link", "set", "eth0", "up"]);
+        // Let root open ICMP ping sockets (for the ping probes) in the pod.
+        ns_out(
+            &pod.name,
+            &["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 0"],
+        );
         pod.ip(&["route", "add", "default", "via", NODE_V4]);
         pod.ip(&["-6", "route", "add", "default", "via", "fd00:198:18::1"]);
         world.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", "w0"]);
@@ -405,5 +410,42 @@ pub fn tcp_dns_probe(server: IpAddr) -> Probe {
     let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
     s.read_exact(&mut r).map_err(|e| e.kind())?;
     assert!(dns_ok(0x4321, &r), "bad DNS answer {r:?}");
+    Ok(())
+}
+
+/// One ICMP echo (v4) or ICMPv6 echo (v6) over a kernel ping socket (2 s cap). The namespace
+/// must allow ping sockets (see [`Topology::new`]). Like [`udp_dns_probe`], a locally refused
+/// send is followed by a read that reports the ICMP error the reject queued.
+pub fn ping_probe(dst: IpAddr) -> Probe {
+    use std::os::fd::FromRawFd as _;
+    let (domain, proto, echo_type) = match dst {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8),
+    };
+    // SAFETY: plain socket(2) call with constant arguments; the result is checked below.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().kind());
+    }
+    // SAFETY: `fd` is a fresh, valid socket owned by nobody else; UdpSocket takes ownership
+    // and closes it. Its datagram calls (connect/send/recv) are valid on a ping socket.
+    let s = unsafe { UdpSocket::from_raw_fd(fd) };
+    s.connect(SocketAddr::new(dst, 0)).map_err(|e| e.kind())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.kind())?;
+    // Echo request; the kernel fills in the identifier and checksum.
+    let req = [echo_type, 0, 0, 0, 0, 0, 0, 1, b'p', b'i', b'n', b'g'];
+    match s.send(&req) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+        Err(e) => return Err(e.kind()),
+    }
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf).map_err(|e| e.kind())?;
+    assert!(
+        n >= 8 && buf[8..n] == req[8..],
+        "unexpected echo reply {:?}",
+        &buf[..n]
+    );
     Ok(())
 }
