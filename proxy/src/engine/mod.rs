@@ -8,7 +8,7 @@ mod request;
 mod respond;
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,7 +84,8 @@ pub async fn serve(
             break;
         }
         // 1. Request head.
-        let head = match read_head(client, &mut buf, shared.cfg.idle_timeout, |b| {
+        let quit = || shared.shutting_down();
+        let head = match read_head(client, &mut buf, shared.cfg.idle_timeout, &quit, |b| {
             parse_request(b, &limits)
         })
         .await
@@ -298,9 +299,13 @@ async fn exchange(
     let mut ubuf = Vec::with_capacity(8192);
     let limits = shared.cfg.limits;
     let resp = loop {
-        match read_head(&mut conn.io, &mut ubuf, shared.cfg.idle_timeout, |b| {
-            parse_response(b, &limits)
-        })
+        match read_head(
+            &mut conn.io,
+            &mut ubuf,
+            shared.cfg.idle_timeout,
+            &|| false,
+            |b| parse_response(b, &limits),
+        )
         .await
         {
             Ok(Some((h, n))) => {
@@ -568,16 +573,21 @@ enum HeadError {
     Io(std::io::Error),
 }
 
-/// Read until `parse` yields a head. `Ok(None)`: clean EOF before any byte.
+/// Read until `parse` yields a head. `Ok(None)`: clean EOF before any byte,
+/// or `quit()` turned true while no byte of a new head had arrived (reads on
+/// poll-io streams are cancel-safe, so waking up to check loses nothing).
 async fn read_head<R, T>(
     r: &mut R,
     buf: &mut Vec<u8>,
-    idle: std::time::Duration,
+    idle: Duration,
+    quit: &dyn Fn() -> bool,
     parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, ParseError>,
 ) -> Result<Option<(T, usize)>, HeadError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    const TICK: Duration = Duration::from_millis(250);
+    let started = Instant::now();
     loop {
         if !buf.is_empty()
             && let Some(x) = parse(buf).map_err(HeadError::Parse)?
@@ -585,10 +595,17 @@ where
             return Ok(Some(x));
         }
         buf.reserve(8192);
-        let n = match monoio::time::timeout(idle, r.read_buf(buf)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(HeadError::Io(e)),
-            Err(_) => return Err(HeadError::Io(std::io::ErrorKind::TimedOut.into())),
+        let n = loop {
+            let left = idle.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(HeadError::Io(std::io::ErrorKind::TimedOut.into()));
+            }
+            match monoio::time::timeout(left.min(TICK), r.read_buf(buf)).await {
+                Ok(Ok(n)) => break n,
+                Ok(Err(e)) => return Err(HeadError::Io(e)),
+                Err(_) if buf.is_empty() && quit() => return Ok(None),
+                Err(_) => {}
+            }
         };
         if n == 0 {
             return if buf.is_empty() {
