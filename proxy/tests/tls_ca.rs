@@ -2,6 +2,9 @@
 //! read by openssl and by mitmproxy itself; CAs made by mitmproxy and openssl
 //! loaded; minted leaves verified by `openssl verify`.
 
+// Test helpers outside #[test] fns unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +17,9 @@ use tproxy::tls::ca::{
 use tproxy::tls::certcache::{CertCache, LeafName};
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -31,9 +36,9 @@ fn mode(p: &Path) -> u32 {
 /// The test venv's python (scripts/install-test-deps.sh), or None outside CI
 /// when it was not built (the caller then skips, saying so).
 fn venv_python() -> Option<PathBuf> {
-    let venv = std::env::var_os("TPROXY_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv")
-    });
+    let venv = std::env::var_os("TPROXY_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv"));
     let py = venv.join("bin/python");
     if py.exists() {
         return Some(py);
@@ -43,16 +48,28 @@ fn venv_python() -> Option<PathBuf> {
         "{} missing: run scripts/install-test-deps.sh",
         py.display()
     );
-    eprintln!("skipping: {} missing (run scripts/install-test-deps.sh)", py.display());
+    eprintln!(
+        "skipping: {} missing (run scripts/install-test-deps.sh)",
+        py.display()
+    );
     None
 }
 
 fn openssl_text(cert: &Path) -> String {
-    run(Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(cert))
+    run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert))
 }
 
 fn check_file_set(dir: &Path, kind: KeyKind) {
-    for f in [CA_FILE, CA_P12_FILE, CA_CERT_PEM_FILE, CA_CERT_CER_FILE, CA_CERT_P12_FILE, DHPARAM_FILE] {
+    for f in [
+        CA_FILE,
+        CA_P12_FILE,
+        CA_CERT_PEM_FILE,
+        CA_CERT_CER_FILE,
+        CA_CERT_P12_FILE,
+        DHPARAM_FILE,
+    ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     assert_eq!(mode(dir), 0o700, "confdir created 0700");
@@ -83,32 +100,54 @@ fn check_file_set(dir: &Path, kind: KeyKind) {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
     match kind {
-        KeyKind::Rsa2048 => assert!(text.contains("Public-Key: (2048 bit)") && text.contains("rsaEncryption")),
-        KeyKind::EcdsaP256 => assert!(text.contains("id-ecPublicKey") && text.contains("prime256v1")),
+        KeyKind::Rsa2048 => {
+            assert!(text.contains("Public-Key: (2048 bit)") && text.contains("rsaEncryption"))
+        }
+        KeyKind::EcdsaP256 => {
+            assert!(text.contains("id-ecPublicKey") && text.contains("prime256v1"))
+        }
     }
     // Ten years of validity.
     let dates = run(Command::new("openssl")
-        .args(["x509", "-noout", "-checkend", &(9 * 365 * 86400).to_string(), "-in"])
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &(9 * 365 * 86400).to_string(),
+            "-in",
+        ])
         .arg(dir.join(CA_CERT_PEM_FILE)));
     assert!(dates.contains("will not expire"), "{dates}");
 
     // The key in mitmproxy-ca.pem belongs to the certificate in it.
     let ca_pem = dir.join(CA_FILE);
-    let from_key = run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&ca_pem));
-    let from_cert = run(Command::new("openssl").args(["x509", "-noout", "-pubkey", "-in"]).arg(&ca_pem));
+    let from_key = run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&ca_pem));
+    let from_cert = run(Command::new("openssl")
+        .args(["x509", "-noout", "-pubkey", "-in"])
+        .arg(&ca_pem));
     assert_eq!(from_key, from_cert);
 
     // PKCS#12 files open with the empty password and pass the MAC check.
     let p12 = run(Command::new("openssl")
         .args(["pkcs12", "-noenc", "-passin", "pass:", "-in"])
         .arg(dir.join(CA_P12_FILE)));
-    assert!(p12.contains("BEGIN CERTIFICATE") && p12.contains("BEGIN PRIVATE KEY"), "{p12}");
+    assert!(
+        p12.contains("BEGIN CERTIFICATE") && p12.contains("BEGIN PRIVATE KEY"),
+        "{p12}"
+    );
     assert!(p12.contains("friendlyName: mitmproxy"), "{p12}");
     let p12 = run(Command::new("openssl")
         .args(["pkcs12", "-noenc", "-passin", "pass:", "-in"])
         .arg(dir.join(CA_CERT_P12_FILE)));
-    assert!(p12.contains("BEGIN CERTIFICATE") && !p12.contains("PRIVATE KEY"), "{p12}");
-    run(Command::new("openssl").args(["dhparam", "-check", "-noout", "-in"]).arg(dir.join(DHPARAM_FILE)));
+    assert!(
+        p12.contains("BEGIN CERTIFICATE") && !p12.contains("PRIVATE KEY"),
+        "{p12}"
+    );
+    run(Command::new("openssl")
+        .args(["dhparam", "-check", "-noout", "-in"])
+        .arg(dir.join(DHPARAM_FILE)));
 }
 
 #[test]
@@ -131,7 +170,14 @@ fn creates_rsa_and_ecdsa_cas_like_mitmproxy() {
             .arg(dir.join(CA_CERT_PEM_FILE)));
         let fp = fp.trim().rsplit('=').next().unwrap().to_string();
         let d = loaded.describe();
-        for needle in ["CN=mitmproxy", "O=mitmproxy", &fp, CA_FILE, CA_CERT_PEM_FILE, "not after"] {
+        for needle in [
+            "CN=mitmproxy",
+            "O=mitmproxy",
+            &fp,
+            CA_FILE,
+            CA_CERT_PEM_FILE,
+            "not after",
+        ] {
             assert!(d.contains(needle), "{needle:?} not in:\n{d}");
         }
         let want = match kind {
@@ -146,7 +192,10 @@ fn creates_rsa_and_ecdsa_cas_like_mitmproxy() {
 fn create_refuses_to_overwrite_without_force() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    assert!(matches!(CertificateAuthority::load(dir), Err(CaError::NotFound { .. })));
+    assert!(matches!(
+        CertificateAuthority::load(dir),
+        Err(CaError::NotFound { .. })
+    ));
     let (first, created) = CertificateAuthority::load_or_create(dir, KeyKind::EcdsaP256).unwrap();
     assert!(created);
     let before = std::fs::read(dir.join(CA_FILE)).unwrap();
@@ -154,7 +203,11 @@ fn create_refuses_to_overwrite_without_force() {
     let err = CertificateAuthority::create(dir, KeyKind::EcdsaP256, false).unwrap_err();
     assert!(matches!(err, CaError::Exists { .. }), "{err}");
     assert!(err.to_string().contains("--force"), "{err}");
-    assert_eq!(std::fs::read(dir.join(CA_FILE)).unwrap(), before, "untouched");
+    assert_eq!(
+        std::fs::read(dir.join(CA_FILE)).unwrap(),
+        before,
+        "untouched"
+    );
 
     let (again, created) = CertificateAuthority::load_or_create(dir, KeyKind::EcdsaP256).unwrap();
     assert!(!created);
@@ -162,7 +215,10 @@ fn create_refuses_to_overwrite_without_force() {
 
     let replaced = CertificateAuthority::create(dir, KeyKind::EcdsaP256, true).unwrap();
     assert_ne!(replaced.fingerprint_sha256(), first.fingerprint_sha256());
-    assert_eq!(CertificateAuthority::load(dir).unwrap().cert_der(), replaced.cert_der());
+    assert_eq!(
+        CertificateAuthority::load(dir).unwrap().cert_der(),
+        replaced.cert_der()
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join(CA_CERT_PEM_FILE)).unwrap(),
         replaced.cert_pem()
@@ -175,7 +231,10 @@ fn bad_ca_files_give_errors_that_say_what_is_wrong() {
     let dir = tmp.path();
     std::fs::write(dir.join(CA_FILE), "not pem").unwrap();
     let err = CertificateAuthority::load(dir).unwrap_err().to_string();
-    assert!(err.contains("mitmproxy-ca.pem") && err.contains("PRIVATE KEY"), "{err}");
+    assert!(
+        err.contains("mitmproxy-ca.pem") && err.contains("PRIVATE KEY"),
+        "{err}"
+    );
 
     // Key of one CA with the certificate of another.
     let a = tempfile::tempdir().unwrap();
@@ -202,7 +261,14 @@ fn mint_and_verify(dir: &Path, ca: CertificateAuthority, name: &str) {
     let leaf_path = dir.join(format!("leaf-{name}.pem"));
     std::fs::write(&leaf_path, pem).unwrap();
     let out = run(Command::new("openssl")
-        .args(["verify", "-purpose", "sslserver", "-verify_hostname", name, "-CAfile"])
+        .args([
+            "verify",
+            "-purpose",
+            "sslserver",
+            "-verify_hostname",
+            name,
+            "-CAfile",
+        ])
         .arg(dir.join(CA_CERT_PEM_FILE))
         .arg(&leaf_path));
     assert!(out.contains(": OK"), "{out}");
@@ -210,9 +276,18 @@ fn mint_and_verify(dir: &Path, ca: CertificateAuthority, name: &str) {
     assert!(text.contains(&format!("DNS:{name}")), "{text}");
     assert!(text.contains(&format!("Subject: CN = {name}")), "{text}");
     let ca_subject = openssl_text(&dir.join(CA_CERT_PEM_FILE));
-    let ca_subject = ca_subject.lines().find(|l| l.trim_start().starts_with("Subject:")).unwrap();
-    let issuer = text.lines().find(|l| l.trim_start().starts_with("Issuer:")).unwrap();
-    assert_eq!(issuer.trim().trim_start_matches("Issuer:"), ca_subject.trim().trim_start_matches("Subject:"));
+    let ca_subject = ca_subject
+        .lines()
+        .find(|l| l.trim_start().starts_with("Subject:"))
+        .unwrap();
+    let issuer = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Issuer:"))
+        .unwrap();
+    assert_eq!(
+        issuer.trim().trim_start_matches("Issuer:"),
+        ca_subject.trim().trim_start_matches("Subject:")
+    );
     assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
     assert!(text.contains("TLS Web Server Authentication"), "{text}");
 }
@@ -220,7 +295,11 @@ fn mint_and_verify(dir: &Path, ca: CertificateAuthority, name: &str) {
 fn base64_lines(der: &[u8]) -> String {
     use base64::Engine as _;
     let b = base64::engine::general_purpose::STANDARD.encode(der);
-    b.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("\n")
+    b.as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -233,7 +312,10 @@ fn loads_a_ca_made_by_mitmproxy_and_mints_verifiable_leaves() {
         dir.to_str().unwrap()
     )));
     let key_pem = std::fs::read_to_string(dir.join(CA_FILE)).unwrap();
-    assert!(key_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "mitmproxy writes PKCS#1");
+    assert!(
+        key_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "mitmproxy writes PKCS#1"
+    );
     let ca = CertificateAuthority::load(&dir).unwrap();
     assert_eq!(ca.key_kind(), Some(KeyKind::Rsa2048));
     assert_eq!(ca.subject(), "CN=mitmproxy, O=mitmproxy");
@@ -247,7 +329,11 @@ fn mitmproxy_loads_a_ca_made_by_tproxy() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ours");
         let ca = CertificateAuthority::create(&dir, kind, false).unwrap();
-        mint_and_verify(&dir, CertificateAuthority::load(&dir).unwrap(), "shop.example.test");
+        mint_and_verify(
+            &dir,
+            CertificateAuthority::load(&dir).unwrap(),
+            "shop.example.test",
+        );
         // mitmproxy reads our mitmproxy-ca.pem and mints with it; Python's
         // cryptography opens our PKCS#12 files.
         let script = format!(
@@ -261,8 +347,9 @@ entry = store.get_cert("api.example.test", [])
 print("issuer", entry.cert.issuer)
 key, cert, extra = pkcs12.load_key_and_certificates((d / "mitmproxy-ca.p12").read_bytes(), None)
 assert key is not None and cert is not None
-key, cert, extra = pkcs12.load_key_and_certificates((d / "mitmproxy-ca-cert.p12").read_bytes(), None)
-assert key is None and cert is not None
+key, cert2, extra = pkcs12.load_key_and_certificates((d / "mitmproxy-ca-cert.p12").read_bytes(), None)
+# A certificate without its key is an "additional" certificate.
+assert key is None and (cert2 or extra[0]) == cert
 print("fingerprint", cert.fingerprint(__import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256()).hex())
 "#,
             dir = dir.to_str().unwrap()
@@ -280,21 +367,58 @@ fn loads_openssl_made_cas_with_every_key_encoding() {
     // (name, key generation command) → SEC1 "EC PRIVATE KEY", PKCS#8 EC,
     // PKCS#8 RSA, PKCS#1 RSA, P-384.
     let cases: [(&str, &[&str]); 5] = [
-        ("ec-sec1", &["ecparam", "-name", "prime256v1", "-genkey", "-noout"]),
-        ("ec-pkcs8", &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
-        ("rsa-pkcs8", &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        (
+            "ec-sec1",
+            &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+        ),
+        (
+            "ec-pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+        ),
+        (
+            "rsa-pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        ),
         ("rsa-pkcs1", &["genrsa", "-traditional", "2048"]),
-        ("ec-p384", &["ecparam", "-name", "secp384r1", "-genkey", "-noout"]),
+        (
+            "ec-p384",
+            &["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
+        ),
     ];
     for (name, keygen) in cases {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         let key = dir.join("key.pem");
-        run(Command::new("openssl").args(keygen).arg("-out").arg(&key));
+        // `-out` right after the subcommand: genrsa wants the bit count last.
+        run(Command::new("openssl")
+            .arg(keygen[0])
+            .arg("-out")
+            .arg(&key)
+            .args(&keygen[1..]));
         let head = std::fs::read_to_string(&key).unwrap();
         let head = head.lines().next().unwrap().to_string();
         run(Command::new("openssl")
-            .args(["req", "-x509", "-new", "-subj", &format!("/CN={name} CA"), "-days", "30"])
+            .args([
+                "req",
+                "-x509",
+                "-new",
+                "-subj",
+                &format!("/CN={name} CA"),
+                "-days",
+                "30",
+            ])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
             .arg("-key")
@@ -304,7 +428,8 @@ fn loads_openssl_made_cas_with_every_key_encoding() {
         let both = std::fs::read_to_string(&key).unwrap()
             + &std::fs::read_to_string(dir.join(CA_CERT_PEM_FILE)).unwrap();
         std::fs::write(dir.join(CA_FILE), both).unwrap();
-        let ca = CertificateAuthority::load(&dir).unwrap_or_else(|e| panic!("{name} ({head}): {e}"));
+        let ca =
+            CertificateAuthority::load(&dir).unwrap_or_else(|e| panic!("{name} ({head}): {e}"));
         eprintln!("{name}: {head} -> {:?}", ca.key_kind());
         mint_and_verify(&dir, ca, "openssl-ca.example.test");
     }

@@ -2,6 +2,9 @@
 //! (rustls and curl as clients), our upstream client config against a server
 //! whose certificate comes from a test CA, and the error descriptions.
 
+// Test helpers outside #[test] fns unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -126,8 +129,16 @@ fn client_trusting_the_ca_completes_a_handshake_with_alpn() {
     let ca = test_ca();
     let (leaf, _) = ca.cache.get(&LeafName::Dns("example.test".into())).unwrap();
     for (server_alpn, client_alpn, want) in [
-        (&["h2", "http/1.1"][..], &["http/1.1", "h2"][..], Some(b"h2".to_vec())),
-        (&["h2", "http/1.1"][..], &["http/1.1"][..], Some(b"http/1.1".to_vec())),
+        (
+            &["h2", "http/1.1"][..],
+            &["http/1.1", "h2"][..],
+            Some(b"h2".to_vec()),
+        ),
+        (
+            &["h2", "http/1.1"][..],
+            &["http/1.1"][..],
+            Some(b"http/1.1".to_vec()),
+        ),
         (&[][..], &["h2"][..], None),
     ] {
         let (port, server) = serve_once(server_config(leaf.clone(), &alpn(server_alpn)), false);
@@ -140,7 +151,10 @@ fn client_trusting_the_ca_completes_a_handshake_with_alpn() {
 #[test]
 fn an_ip_leaf_is_accepted_for_an_ip_connection() {
     let ca = test_ca();
-    let (leaf, _) = ca.cache.get(&LeafName::Ip("127.0.0.1".parse().unwrap())).unwrap();
+    let (leaf, _) = ca
+        .cache
+        .get(&LeafName::Ip("127.0.0.1".parse().unwrap()))
+        .unwrap();
     let (port, server) = serve_once(server_config(leaf, &[]), false);
     connect(trusting(&ca.cache, &[]), port, "127.0.0.1").unwrap();
     server.join().unwrap().unwrap();
@@ -149,7 +163,10 @@ fn an_ip_leaf_is_accepted_for_an_ip_connection() {
 #[test]
 fn curl_trusting_the_ca_fetches_and_one_without_it_is_detected() {
     let ca = test_ca();
-    let (leaf, _) = ca.cache.get(&LeafName::Dns("curl.example.test".into())).unwrap();
+    let (leaf, _) = ca
+        .cache
+        .get(&LeafName::Dns("curl.example.test".into()))
+        .unwrap();
     let cafile = ca.dir.path().join(CA_CERT_PEM_FILE);
 
     let (port, server) = serve_once(server_config(leaf.clone(), &alpn(&["http/1.1"])), true);
@@ -160,7 +177,11 @@ fn curl_trusting_the_ca_fetches_and_one_without_it_is_detected() {
         .arg(format!("https://curl.example.test:{port}/"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"ok");
     assert_eq!(server.join().unwrap().unwrap(), Some(b"http/1.1".to_vec()));
 
@@ -187,18 +208,50 @@ fn rustls_client_rejecting_our_cert_is_detected() {
     let ca = test_ca();
     let other = test_ca();
     let (leaf, _) = ca.cache.get(&LeafName::Dns("example.test".into())).unwrap();
-    let (port, server) = serve_once(server_config(leaf, &[]), false);
+    // `other` has the same name as our CA (all mitmproxy-style CAs do): the
+    // client finds it, the signature does not verify, it sends decrypt_error.
+    let (port, server) = serve_once(server_config(leaf.clone(), &[]), false);
     let client_err = connect(trusting(&other.cache, &[]), port, "example.test").unwrap_err();
     let server_err = server.join().unwrap().unwrap_err();
     assert!(client_rejected_our_cert(&server_err), "{server_err:?}");
+    // A client trusting only an unrelated CA (another name): unknown_ca.
+    let mut roots = RootCertStore::empty();
+    roots.add(unrelated_ca()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(tproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (port, server) = serve_once(server_config(leaf, &[]), false);
+    connect(Arc::new(config), port, "example.test").unwrap_err();
+    let server_err = server.join().unwrap().unwrap_err();
+    assert!(client_rejected_our_cert(&server_err), "{server_err:?}");
+    assert!(
+        format!("{server_err:?}").contains("UnknownCA"),
+        "{server_err:?}"
+    );
     assert!(!client_rejected_our_cert(&client_err));
     assert!(!client_rejected_our_cert(&io::Error::other("plain")));
+}
+
+/// A self-signed CA certificate with a name of its own.
+fn unrelated_ca() -> rustls::pki_types::CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "unrelated test CA");
+    params.self_signed(&key).unwrap().der().clone()
 }
 
 fn upstream(opts: &UpstreamTlsOptions, name: &str) -> io::Result<Option<Vec<u8>>> {
     // The "upstream": a server with a leaf from a private test CA.
     let ca = test_ca_for_upstream();
-    let (leaf, _) = ca.cache.get(&LeafName::Dns("upstream.example.test".into())).unwrap();
+    let (leaf, _) = ca
+        .cache
+        .get(&LeafName::Dns("upstream.example.test".into()))
+        .unwrap();
     let (port, server) = serve_once(server_config(leaf, &alpn(&["h2", "http/1.1"])), false);
     let config = client_config(opts, alpn(&["h2"])).unwrap();
     let result = connect(config, port, name);
@@ -220,12 +273,17 @@ fn upstream_verification_uses_extra_roots_and_explains_failures() {
         insecure: false,
         extra_roots: vec![cafile.clone()],
     };
-    assert_eq!(upstream(&with_ca, "upstream.example.test").unwrap(), Some(b"h2".to_vec()));
+    assert_eq!(
+        upstream(&with_ca, "upstream.example.test").unwrap(),
+        Some(b"h2".to_vec())
+    );
 
     let err = upstream(&UpstreamTlsOptions::default(), "upstream.example.test").unwrap_err();
     let line = describe_upstream_error(&err);
     assert!(
-        line.contains("unknown issuer") && line.contains("--upstream-ca") && line.contains("--ssl-insecure"),
+        line.contains("unknown issuer")
+            && line.contains("--upstream-ca")
+            && line.contains("--ssl-insecure"),
         "{line}"
     );
     assert!(!line.contains('\n'));
@@ -233,13 +291,19 @@ fn upstream_verification_uses_extra_roots_and_explains_failures() {
     let err = upstream(&with_ca, "other.example.test").unwrap_err();
     let line = describe_upstream_error(&err);
     assert!(line.contains("not valid for other.example.test"), "{line}");
-    assert!(line.contains("upstream.example.test"), "names what the certificate is for: {line}");
+    assert!(
+        line.contains("upstream.example.test"),
+        "names what the certificate is for: {line}"
+    );
 
     let insecure = UpstreamTlsOptions {
         insecure: true,
         extra_roots: vec![],
     };
-    assert_eq!(upstream(&insecure, "other.example.test").unwrap(), Some(b"h2".to_vec()));
+    assert_eq!(
+        upstream(&insecure, "other.example.test").unwrap(),
+        Some(b"h2".to_vec())
+    );
 }
 
 #[test]
@@ -284,7 +348,10 @@ fn extra_roots_errors_name_the_file() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains(empty.to_str().unwrap()) && err.contains("CERTIFICATE"), "{err}");
+    assert!(
+        err.contains(empty.to_str().unwrap()) && err.contains("CERTIFICATE"),
+        "{err}"
+    );
 }
 
 #[test]

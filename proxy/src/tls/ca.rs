@@ -15,9 +15,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
-    PKCS_ED25519, PKCS_RSA_SHA256, PublicKeyData, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
+    PKCS_RSA_SHA256, PublicKeyData, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::pem::PemObject;
@@ -117,7 +117,9 @@ impl CertificateAuthority {
     pub fn load_or_create(confdir: &Path, kind: KeyKind) -> Result<(Self, bool), CaError> {
         match Self::load(confdir) {
             Ok(ca) => Ok((ca, false)),
-            Err(CaError::NotFound { .. }) => Self::create(confdir, kind, false).map(|ca| (ca, true)),
+            Err(CaError::NotFound { .. }) => {
+                Self::create(confdir, kind, false).map(|ca| (ca, true))
+            }
             Err(e) => Err(e),
         }
     }
@@ -147,7 +149,11 @@ impl CertificateAuthority {
         let cert_der = match CertificateDer::pem_slice_iter(&pem).next() {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(invalid(format!("unreadable certificate: {e}"))),
-            None => return Err(invalid("no PEM \"CERTIFICATE\" after the private key".into())),
+            None => {
+                return Err(invalid(
+                    "no PEM \"CERTIFICATE\" after the private key".into(),
+                ));
+            }
         };
         Self::from_parts(confdir, &path, cert_der, key)
     }
@@ -189,7 +195,12 @@ impl CertificateAuthority {
         write_atomic(confdir, CA_CERT_PEM_FILE, cert_pem.as_bytes(), 0o644)?;
         write_atomic(confdir, CA_CERT_CER_FILE, cert_pem.as_bytes(), 0o644)?;
         write_atomic(confdir, CA_CERT_P12_FILE, &cert_p12, 0o644)?;
-        write_atomic(confdir, DHPARAM_FILE, encoding::DHPARAM_PEM.as_bytes(), 0o644)?;
+        write_atomic(
+            confdir,
+            DHPARAM_FILE,
+            encoding::DHPARAM_PEM.as_bytes(),
+            0o644,
+        )?;
         write_atomic(confdir, CA_P12_FILE, &key_p12, 0o600)?;
         let mut ca_pem = key.serialize_pem();
         ca_pem.push_str(&cert_pem);
@@ -232,10 +243,12 @@ impl CertificateAuthority {
                 fmt_time(not_after)
             )));
         }
-        let has_ski = x509
-            .extensions()
-            .iter()
-            .any(|e| matches!(e.parsed_extension(), ParsedExtension::SubjectKeyIdentifier(_)));
+        let has_ski = x509.extensions().iter().any(|e| {
+            matches!(
+                e.parsed_extension(),
+                ParsedExtension::SubjectKeyIdentifier(_)
+            )
+        });
         let bits = match x509.public_key().parsed() {
             Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
             _ => 0,

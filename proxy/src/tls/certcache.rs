@@ -59,7 +59,9 @@ impl std::fmt::Display for LeafName {
 pub enum Outcome {
     Hit,
     /// Minted by this call; `mint` is the signing time.
-    Miss { mint: Duration },
+    Miss {
+        mint: Duration,
+    },
     /// Another worker was minting the same name; this call waited for it.
     Coalesced,
 }
@@ -181,7 +183,8 @@ impl CertCache {
                 _ => {}
             }
             let p = Arc::new(Pending::default());
-            if let Some(Slot::Ready { .. }) = st.map.insert(name.clone(), Slot::Pending(p.clone())) {
+            if let Some(Slot::Ready { .. }) = st.map.insert(name.clone(), Slot::Pending(p.clone()))
+            {
                 // A stale entry is being replaced.
                 st.ready -= 1;
             }
@@ -243,7 +246,7 @@ impl CertCache {
         let mut params = CertificateParams::default();
         let cn = match name {
             LeafName::Dns(dns) => {
-                let ia5 = dns
+                let ia5: rcgen::string::Ia5String = dns
                     .as_str()
                     .try_into()
                     .map_err(|e| fail(format!("not a valid DNS name: {e}")))?;
@@ -325,9 +328,7 @@ impl CertCache {
 fn normalize(name: &LeafName) -> Option<LeafName> {
     match name {
         LeafName::Dns(d) if d.ends_with('.') || d.bytes().any(|b| b.is_ascii_uppercase()) => {
-            Some(LeafName::Dns(
-                d.trim_end_matches('.').to_ascii_lowercase(),
-            ))
+            Some(LeafName::Dns(d.trim_end_matches('.').to_ascii_lowercase()))
         }
         _ => None,
     }
@@ -394,7 +395,11 @@ impl MintGuard<'_> {
             }
         }
         let result = minted.map(|(leaf, _)| leaf);
-        *self.pending.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.clone());
+        *self
+            .pending
+            .result
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(result.clone());
         self.pending.done.notify_all();
         result
     }

@@ -67,7 +67,12 @@ fn concurrent_misses_for_one_name_mint_once() {
             .iter()
             .filter(|(_, o)| matches!(o, Outcome::Miss { .. }))
             .count();
-        assert_eq!(misses, 1, "round {round}: {:?}", results.iter().map(|r| r.1).collect::<Vec<_>>());
+        assert_eq!(
+            misses,
+            1,
+            "round {round}: {:?}",
+            results.iter().map(|r| r.1).collect::<Vec<_>>()
+        );
         assert!(results.iter().all(|(l, _)| Arc::ptr_eq(l, &results[0].0)));
         assert_eq!(cache.len(), 1);
     }
@@ -92,7 +97,10 @@ fn failed_mint_is_not_cached_and_reaches_every_waiter() {
         assert!(err.to_string().contains("bücher.example"), "{err}");
     }
     assert_eq!(cache.len(), 0);
-    assert!(cache.get(&bad).is_err(), "a failure is not cached as a success");
+    assert!(
+        cache.get(&bad).is_err(),
+        "a failure is not cached as a success"
+    );
     // The cache still works for good names.
     assert!(cache.get(&dns("good.example")).is_ok());
 }
@@ -105,11 +113,22 @@ fn capacity_bound_holds_and_recently_used_entries_survive() {
     for i in 0..100 {
         cache.get(&dns(&format!("n{i}.example.test"))).unwrap();
         assert!(cache.len() <= 16, "len {} after {i}", cache.len());
-        assert_eq!(cache.get(&hot).unwrap().1, Outcome::Hit, "hot entry evicted at {i}");
+        assert_eq!(
+            cache.get(&hot).unwrap().1,
+            Outcome::Hit,
+            "hot entry evicted at {i}"
+        );
     }
-    assert!(cache.len() >= 14, "evicts in small batches, len {}", cache.len());
+    assert!(
+        cache.len() >= 14,
+        "evicts in small batches, len {}",
+        cache.len()
+    );
     // The oldest cold entries are gone.
-    assert!(matches!(cache.get(&dns("n0.example.test")).unwrap().1, Outcome::Miss { .. }));
+    assert!(matches!(
+        cache.get(&dns("n0.example.test")).unwrap().1,
+        Outcome::Miss { .. }
+    ));
     // Capacity 1 works too.
     let tiny = CertCache::new(shared_ca(), 1).unwrap();
     for i in 0..5 {
@@ -127,13 +146,20 @@ fn near_expiry_entry_is_minted_again() {
     let (_, leaf) = x509_parser::parse_x509_certificate(&first.cert[0]).unwrap();
     let not_after = leaf.validity().not_after.timestamp();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    assert!((not_after - now - 365 * 86400).abs() < 120, "leaf lives 365 days");
+    assert!(
+        (not_after - now - 365 * 86400).abs() < 120,
+        "leaf lives 365 days"
+    );
     // Pretend the renewal point has passed.
     cache.set_renew_at(&name, SystemTime::now() - Duration::from_secs(1));
     let (second, outcome) = cache.get(&name).unwrap();
     assert!(matches!(outcome, Outcome::Miss { .. }), "{outcome:?}");
     assert!(!Arc::ptr_eq(&first, &second));
-    assert_ne!(serial(&first), serial(&second), "a new certificate, new serial");
+    assert_ne!(
+        serial(&first),
+        serial(&second),
+        "a new certificate, new serial"
+    );
     assert_eq!(cache.len(), 1, "replaced, not added");
     assert_eq!(cache.get(&name).unwrap().1, Outcome::Hit);
 }
@@ -145,7 +171,14 @@ fn leaf_names_validity_and_extensions() {
     let long = format!("{}.{}.example.test", "a".repeat(60), "b".repeat(60));
     let (leaf, _) = cache.get(&dns(&long)).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf.cert[0]).unwrap();
-    let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(cn.len(), 64, "CN truncated to 64 characters");
     assert!(long.starts_with(&cn));
     let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
@@ -185,7 +218,9 @@ fn leaf_names_validity_and_extensions() {
     let (leaf, _) = cache.get(&LeafName::Ip(ip)).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf.cert[0]).unwrap();
     let san = cert.subject_alternative_name().unwrap().unwrap();
-    assert!(matches!(san.value.general_names[..], [GeneralName::IPAddress(b)] if b == [198, 18, 0, 7]));
+    assert!(
+        matches!(san.value.general_names[..], [GeneralName::IPAddress(b)] if b == [198, 18, 0, 7])
+    );
 
     // All leaves of one cache share one key.
     let (a, _) = cache.get(&dns("one.example.test")).unwrap();
@@ -199,24 +234,36 @@ fn leaf_never_outlives_its_ca() {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "short-lived CA");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "short-lived CA");
     let not_after = time::OffsetDateTime::now_utc() + time::Duration::days(100);
     params.not_after = not_after;
     let cert = params.self_signed(&key).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mitmproxy-ca.pem"), key.serialize_pem() + &cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("mitmproxy-ca.pem"),
+        key.serialize_pem() + &cert.pem(),
+    )
+    .unwrap();
     let ca = Arc::new(CertificateAuthority::load(dir.path()).unwrap());
     let cache = CertCache::new(ca, 10).unwrap();
     let (leaf, _) = cache.get(&dns("example.test")).unwrap();
     let (_, leaf) = x509_parser::parse_x509_certificate(&leaf.cert[0]).unwrap();
-    assert_eq!(leaf.validity().not_after.timestamp(), not_after.unix_timestamp());
+    assert_eq!(
+        leaf.validity().not_after.timestamp(),
+        not_after.unix_timestamp()
+    );
 }
 
 /// Not an assertion: prints the figures for the lead's notes
 /// (`cargo test -p tproxy mint_and_hit_cost -- --nocapture`).
 #[test]
 fn mint_and_hit_cost() {
-    for (label, ca) in [("P-256 CA", shared_ca()), ("RSA-2048 CA", ca(KeyKind::Rsa2048))] {
+    for (label, ca) in [
+        ("P-256 CA", shared_ca()),
+        ("RSA-2048 CA", ca(KeyKind::Rsa2048)),
+    ] {
         let cache = CertCache::new(ca, 1000).unwrap();
         const MINTS: u32 = 100;
         let mut total = Duration::ZERO;

@@ -183,13 +183,16 @@ fn rustls_error(err: &std::io::Error) -> Option<&rustls::Error> {
     err.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-const FIX_TRUST: &str = "add its CA with --upstream-ca FILE or disable verification with --ssl-insecure";
+const FIX_TRUST: &str =
+    "add its CA with --upstream-ca FILE or disable verification with --ssl-insecure";
 
 fn fmt_unix(t: &UnixTime) -> String {
     let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
     match time::OffsetDateTime::from_unix_timestamp(secs) {
         Ok(dt) => {
-            let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+            let f = time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+            );
             dt.format(&f).unwrap_or_else(|_| secs.to_string())
         }
         Err(_) => secs.to_string(),
@@ -199,11 +202,16 @@ fn fmt_unix(t: &UnixTime) -> String {
 fn describe_cert_error(e: &CertificateError) -> String {
     use CertificateError as C;
     match e {
-        C::UnknownIssuer => format!("upstream certificate is not trusted (unknown issuer); {FIX_TRUST}"),
+        C::UnknownIssuer => {
+            format!("upstream certificate is not trusted (unknown issuer); {FIX_TRUST}")
+        }
         C::NotValidForName => {
             format!("upstream certificate is not valid for the requested name; {FIX_TRUST}")
         }
-        C::NotValidForNameContext { expected, presented } => {
+        C::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
             let mut s = format!(
                 "upstream certificate is not valid for {}",
                 expected.to_str()
@@ -244,7 +252,9 @@ pub fn describe_upstream_error(err: &std::io::Error) -> String {
             ErrorKind::UnexpectedEof => {
                 "upstream closed the connection during the TLS handshake".into()
             }
-            ErrorKind::ConnectionReset => "upstream reset the connection during the TLS handshake".into(),
+            ErrorKind::ConnectionReset => {
+                "upstream reset the connection during the TLS handshake".into()
+            }
             ErrorKind::TimedOut => "upstream TLS handshake timed out".into(),
             _ => format!("upstream TLS handshake failed: {err}"),
         };
@@ -273,9 +283,7 @@ pub fn describe_upstream_error(err: &std::io::Error) -> String {
                 .into()
         }
         E::AlertReceived(a) => format!("upstream refused the TLS handshake (alert {a:?})"),
-        E::NoApplicationProtocol => {
-            "upstream chose no ALPN protocol that was offered".into()
-        }
+        E::NoApplicationProtocol => "upstream chose no ALPN protocol that was offered".into(),
         E::InvalidMessage(m) => format!(
             "upstream sent an invalid TLS message ({m:?}); is it speaking TLS on this port?"
         ),
@@ -291,8 +299,11 @@ pub fn describe_upstream_error(err: &std::io::Error) -> String {
 /// Counts the alerts TLS stacks send when they do not trust a certificate:
 /// unknown_ca (OpenSSL, rustls), bad_certificate (Go, rustls),
 /// certificate_unknown (Java, NSS, Schannel), unsupported_certificate,
-/// certificate_expired, certificate_revoked. Not decrypt_error: it reports a
-/// failed signature or Finished check, not a trust decision.
+/// certificate_expired, certificate_revoked — and decrypt_error, which
+/// OpenSSL and rustls send when the certificate's signature does not verify
+/// against a trusted CA *of the same name*: every mitmproxy-style CA is
+/// called `CN=mitmproxy, O=mitmproxy`, so a client trusting another (older)
+/// one reports exactly this.
 pub fn client_rejected_our_cert(err: &std::io::Error) -> bool {
     matches!(
         rustls_error(err),
@@ -303,6 +314,7 @@ pub fn client_rejected_our_cert(err: &std::io::Error) -> bool {
                 | AlertDescription::UnsupportedCertificate
                 | AlertDescription::CertificateExpired
                 | AlertDescription::CertificateRevoked
+                | AlertDescription::DecryptError
         ))
     )
 }
