@@ -280,6 +280,7 @@ fn upstream_verification_uses_extra_roots_and_explains_failures() {
 
     let err = upstream(&UpstreamTlsOptions::default(), "upstream.example.test").unwrap_err();
     let line = describe_upstream_error(&err);
+    eprintln!("described: {line}");
     assert!(
         line.contains("unknown issuer")
             && line.contains("--upstream-ca")
@@ -290,9 +291,10 @@ fn upstream_verification_uses_extra_roots_and_explains_failures() {
 
     let err = upstream(&with_ca, "other.example.test").unwrap_err();
     let line = describe_upstream_error(&err);
+    eprintln!("described: {line}");
     assert!(line.contains("not valid for other.example.test"), "{line}");
     assert!(
-        line.contains("upstream.example.test"),
+        line.contains("(it names upstream.example.test)"),
         "names what the certificate is for: {line}"
     );
 
@@ -318,6 +320,7 @@ fn upstream_describes_a_server_that_does_not_speak_tls() {
     let err = connect(config, port, "plain.example.test").unwrap_err();
     h.join().unwrap();
     let line = describe_upstream_error(&err);
+    eprintln!("described: {line}");
     assert!(line.starts_with("upstream"), "{line}");
     assert!(line.contains("TLS"), "{line}");
 }
@@ -366,4 +369,52 @@ fn client_config_is_cheap_after_the_first_call() {
     }
     let next = start.elapsed() / 100;
     eprintln!("client_config: first {first:?} (reads the system trust store), then {next:?}");
+}
+
+#[test]
+fn upstream_with_an_expired_certificate_is_described() {
+    // A private CA (rcgen) and a leaf that expired yesterday.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "expiry test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["old.example.test".into()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    leaf_params.not_before = now - time::Duration::days(30);
+    leaf_params.not_after = now - time::Duration::days(1);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let signer = tproxy::tls::provider()
+        .key_provider
+        .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(
+            leaf_key.serialize_der().into(),
+        ))
+        .unwrap();
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(
+        vec![leaf.der().clone()],
+        signer,
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("expiry-ca.pem");
+    std::fs::write(&roots, ca_cert.pem()).unwrap();
+    let opts = UpstreamTlsOptions {
+        insecure: false,
+        extra_roots: vec![roots],
+    };
+    let (port, server) = serve_once(server_config(certified, &[]), false);
+    let err = connect(
+        client_config(&opts, vec![]).unwrap(),
+        port,
+        "old.example.test",
+    )
+    .unwrap_err();
+    let _ = server.join();
+    let line = describe_upstream_error(&err);
+    eprintln!("described: {line}");
+    assert!(line.contains("expired on"), "{line}");
 }

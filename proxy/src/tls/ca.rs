@@ -562,6 +562,41 @@ mod tests {
     }
 
     #[test]
+    fn trust_instructions_cover_systems_and_runtimes() {
+        let text = trust_instructions(Path::new("/etc/tproxy"));
+        for needle in [
+            "/etc/tproxy/mitmproxy-ca-cert.pem",
+            "update-ca-certificates",
+            "update-ca-trust",
+            "security add-trusted-cert",
+            "Firefox",
+            "curl --cacert",
+            "SSL_CERT_FILE=",
+            "REQUESTS_CA_BUNDLE=",
+            "NODE_EXTRA_CA_CERTS=",
+            "/ca.pem",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn describe_lists_subject_validity_fingerprint_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::create(dir.path(), KeyKind::EcdsaP256, false).unwrap();
+        let text = ca.describe();
+        eprintln!("{text}");
+        assert!(
+            text.starts_with("subject:     CN=mitmproxy, O=mitmproxy\n"),
+            "{text}"
+        );
+        assert!(text.contains("key:         ECDSA P-256\n"), "{text}");
+        assert!(text.contains(&ca.fingerprint_sha256()), "{text}");
+        assert_eq!(ca.fingerprint_sha256().len(), 32 * 3 - 1);
+        assert_eq!(text.matches(" (").count(), 5, "five files listed: {text}");
+    }
+
+    #[test]
     fn serials_are_positive_and_distinct() {
         let a = random_serial().unwrap();
         let b = random_serial().unwrap();

@@ -183,6 +183,7 @@ fn rustls_error(err: &std::io::Error) -> Option<&rustls::Error> {
     err.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
+const FIX_SKIP: &str = "--ssl-insecure skips the check";
 const FIX_TRUST: &str =
     "add its CA with --upstream-ca FILE or disable verification with --ssl-insecure";
 
@@ -199,6 +200,14 @@ fn fmt_unix(t: &UnixTime) -> String {
     }
 }
 
+/// `DnsName("a.example")` (how rustls reports presented names) → `a.example`.
+fn bare_name(presented: &str) -> &str {
+    match (presented.find("(\""), presented.rfind("\")")) {
+        (Some(start), Some(end)) if start + 2 <= end => &presented[start + 2..end],
+        _ => presented,
+    }
+}
+
 fn describe_cert_error(e: &CertificateError) -> String {
     use CertificateError as C;
     match e {
@@ -206,7 +215,7 @@ fn describe_cert_error(e: &CertificateError) -> String {
             format!("upstream certificate is not trusted (unknown issuer); {FIX_TRUST}")
         }
         C::NotValidForName => {
-            format!("upstream certificate is not valid for the requested name; {FIX_TRUST}")
+            format!("upstream certificate is not valid for the requested name; {FIX_SKIP}")
         }
         C::NotValidForNameContext {
             expected,
@@ -217,27 +226,28 @@ fn describe_cert_error(e: &CertificateError) -> String {
                 expected.to_str()
             );
             if !presented.is_empty() {
-                let _ = write!(s, " (it names {})", presented.join(", "));
+                let names: Vec<&str> = presented.iter().map(|p| bare_name(p)).collect();
+                let _ = write!(s, " (it names {})", names.join(", "));
             }
-            let _ = write!(s, "; {FIX_TRUST}");
+            let _ = write!(s, "; {FIX_SKIP}");
             s
         }
-        C::Expired => format!("upstream certificate has expired; {FIX_TRUST}"),
+        C::Expired => format!("upstream certificate has expired; {FIX_SKIP}"),
         C::ExpiredContext { not_after, .. } => format!(
-            "upstream certificate expired on {}; {FIX_TRUST}",
+            "upstream certificate expired on {}; {FIX_SKIP}",
             fmt_unix(not_after)
         ),
-        C::NotValidYet => format!("upstream certificate is not valid yet; {FIX_TRUST}"),
+        C::NotValidYet => format!("upstream certificate is not valid yet; {FIX_SKIP}"),
         C::NotValidYetContext { not_before, .. } => format!(
-            "upstream certificate is not valid before {}; {FIX_TRUST}",
+            "upstream certificate is not valid before {}; {FIX_SKIP}",
             fmt_unix(not_before)
         ),
         C::Revoked => "upstream certificate has been revoked".into(),
         C::BadSignature => format!("upstream certificate has a bad signature; {FIX_TRUST}"),
         C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
-            format!("upstream certificate is not valid for TLS server authentication; {FIX_TRUST}")
+            format!("upstream certificate is not valid for TLS server authentication; {FIX_SKIP}")
         }
-        C::BadEncoding => format!("upstream certificate is malformed; {FIX_TRUST}"),
+        C::BadEncoding => format!("upstream certificate is malformed; {FIX_SKIP}"),
         other => format!("upstream certificate rejected ({other:?}); {FIX_TRUST}"),
     }
 }
