@@ -1,7 +1,6 @@
 //! TLS: the certificate authority (mitmproxy-compatible confdir), the leaf
 //! certificate cache shared by all workers, and rustls configs for both sides.
 //!
-//! CONTRACT (implemented by the tls work item):
 //! * `provider()` — the one rustls CryptoProvider (ring); configs are always
 //!   built with `builder_with_provider` (see STACK-NOTES.md).
 //! * `ca::CertificateAuthority` — load/create `mitmproxy-ca.pem` & friends.
@@ -11,12 +10,14 @@
 
 pub mod ca;
 pub mod certcache;
+mod encoding;
 pub mod server;
 pub mod upstream;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The crypto provider every rustls config in tproxy is built with.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
 }
