@@ -3,4 +3,8 @@
 //!
 //! The streaming engine that uses these lives in `crate::engine` (data plane).
 
+pub mod chunked;
 pub mod codec;
+
+#[cfg(test)]
+mod robustness_tests;
