@@ -7,4 +7,6 @@ pub mod chunked;
 pub mod codec;
 
 #[cfg(test)]
+mod interop_tests;
+#[cfg(test)]
 mod robustness_tests;
