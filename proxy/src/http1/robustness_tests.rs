@@ -141,9 +141,23 @@ fn check_request(input: &[u8], limits: &Limits) {
         Ok(Some((head.clone(), out.len()))),
         "round trip of {input:?}"
     );
-    let mut stripped = head.headers.clone();
-    remove_hop_by_hop(&mut stripped, false);
-    assert!(stripped.get("connection").is_none());
+    for keep_framing in [false, true] {
+        let mut stripped = head.headers.clone();
+        remove_hop_by_hop(&mut stripped, keep_framing);
+        assert!(stripped.get("connection").is_none());
+        // Framing fields the proxy relied on survive whatever Connection says.
+        let count = |h: &super::codec::Headers, n| h.get_all(n).count();
+        assert_eq!(
+            count(&stripped, "content-length"),
+            count(&head.headers, "content-length")
+        );
+        if keep_framing {
+            assert_eq!(
+                count(&stripped, "transfer-encoding"),
+                count(&head.headers, "transfer-encoding")
+            );
+        }
+    }
 }
 
 fn check_response(input: &[u8], limits: &Limits) {
