@@ -5,6 +5,7 @@
 
 pub mod chunked;
 pub mod codec;
+mod framing;
 
 #[cfg(test)]
 mod interop_tests;
