@@ -3,4 +3,11 @@
 //!
 //! The streaming engine that uses these lives in `crate::engine` (data plane).
 
+pub mod chunked;
 pub mod codec;
+mod framing;
+
+#[cfg(test)]
+mod interop_tests;
+#[cfg(test)]
+mod robustness_tests;
