@@ -6,6 +6,10 @@
 //! figures are not disturbed by each other. Throughput lines are printed only
 //! (`cargo test -p tproxy --test passthrough -- --nocapture` shows them).
 
+// Helpers outside #[test] fns unwrap too: a panic here is a test failure
+// with a location (clippy's allow-unwrap-in-tests covers only #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 use std::{
     future::Future,
     io::{ErrorKind, Read, Write},
@@ -136,7 +140,8 @@ fn send_pattern(s: &mut std::net::TcpStream, pat: &[u8], total: u64) {
 }
 
 fn expected(seed: u64) -> [u8; 32] {
-    static CACHE: OnceLock<Mutex<Vec<(u64, [u8; 32])>>> = OnceLock::new();
+    type Digests = Mutex<Vec<(u64, [u8; 32])>>;
+    static CACHE: OnceLock<Digests> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     if let Some((_, h)) = cache.lock().unwrap().iter().find(|(s, _)| *s == seed) {
         return *h;

@@ -185,13 +185,12 @@ pub async fn relay_with(
     let c2s = Direction::new(&shared, Side::Client);
     let s2c = Direction::new(&shared, Side::Server);
     let mut mode = options.mode;
-    if mode == RelayMode::Splice {
-        if let Err(error) =
+    if mode == RelayMode::Splice
+        && let Err(error) =
             splice::set_nonblocking(&client).and_then(|()| splice::set_nonblocking(&server))
-        {
-            tracing::debug!(%error, "cannot make sockets non-blocking; relaying by copy");
-            mode = RelayMode::Copy;
-        }
+    {
+        tracing::debug!(%error, "cannot make sockets non-blocking; relaying by copy");
+        mode = RelayMode::Copy;
     }
     match mode {
         RelayMode::Splice => {
