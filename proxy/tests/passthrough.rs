@@ -295,12 +295,16 @@ fn reset(s: std::net::TcpStream) {
     drop(s);
 }
 
-/// A peer that streams until the far end goes away, and reads until EOF or
-/// an error; panics (fails the test) only if it would have hung.
-fn streaming_peer(mut s: std::net::TcpStream) -> u64 {
+/// The peer facing a resetting side: reads until EOF or an error (panics,
+/// failing the test, only if it would have hung); when `streaming`, it also
+/// writes until the relay goes away.
+fn surviving_peer(mut s: std::net::TcpStream, streaming: bool) -> u64 {
     bounded(&s);
     let mut w = s.try_clone().unwrap();
     let writer = thread::spawn(move || {
+        if !streaming {
+            return;
+        }
         let pat = pattern(5);
         for _ in 0..200 {
             if w.write_all(&pat).is_err() {
@@ -328,65 +332,74 @@ fn streaming_peer(mut s: std::net::TcpStream) -> u64 {
     total
 }
 
-/// One side resets (SO_LINGER 0 close) mid-stream while both sides stream.
+/// The resetting side: sends 64 KiB, (when the other side streams) reads
+/// 64 KiB so the reset lands mid-stream, then closes with SO_LINGER 0 (RST).
+fn resetting_peer(mut s: std::net::TcpStream, other_streams: bool) -> u64 {
+    bounded(&s);
+    let mut buf = vec![0x42u8; 64 * 1024];
+    s.write_all(&buf).unwrap();
+    if other_streams {
+        s.read_exact(&mut buf).unwrap();
+    }
+    reset(s);
+    0
+}
+
+/// One side resets mid-stream. The other side either streams too (both
+/// directions fail on their own) or stays quiet, so the relay's direction
+/// reading from it only ends because the relay aborts it.
 fn reset_mid_stream(resetting: Side) {
     let _g = serial();
     for drv in DRIVERS {
         for mode in MODES {
-            let (backend, backend_addr) = std_listener();
-            let server = thread::spawn(move || {
-                let (mut s, _) = backend.accept().unwrap();
-                if resetting == Side::Server {
-                    bounded(&s);
-                    let mut buf = vec![0u8; 64 * 1024];
-                    s.read_exact(&mut buf).unwrap();
-                    s.write_all(&buf).unwrap();
-                    reset(s);
-                    0
-                } else {
-                    streaming_peer(s)
-                }
-            });
-            let ran = on_driver(drv, || async move {
-                let (front, front_addr) = front_listener();
-                let client = thread::spawn(move || {
-                    let mut s = std::net::TcpStream::connect(front_addr).unwrap();
-                    if resetting == Side::Client {
-                        bounded(&s);
-                        let mut buf = vec![0u8; 64 * 1024];
-                        s.read_exact(&mut buf).unwrap();
-                        s.write_all(&buf).unwrap();
-                        reset(s);
-                        0
+            for streaming in [true, false] {
+                let (backend, backend_addr) = std_listener();
+                let server = thread::spawn(move || {
+                    let (s, _) = backend.accept().unwrap();
+                    if resetting == Side::Server {
+                        resetting_peer(s, streaming)
                     } else {
-                        streaming_peer(s)
+                        surviving_peer(s, streaming)
                     }
                 });
-                (relay_one(&front, backend_addr, options(mode)).await, client)
-            });
-            let Some((outcome, client)) = ran else {
-                drop(std::net::TcpStream::connect(backend_addr));
-                let _ = server.join();
-                continue;
-            };
-            let ctx = format!("driver {drv:?} mode {mode:?} {resetting:?} resets");
-            client.join().unwrap();
-            server.join().unwrap();
-            let err = outcome
-                .error
-                .expect("a reset must end the relay with an error");
-            assert_eq!(err.side(), Some(resetting), "{ctx}: {err}");
-            assert!(
-                matches!(
-                    err.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
-                ),
-                "{ctx}: {err}"
-            );
-            assert!(matches!(
-                err,
-                RelayError::Read { .. } | RelayError::Write { .. }
-            ));
+                let ran = on_driver(drv, || async move {
+                    let (front, front_addr) = front_listener();
+                    let client = thread::spawn(move || {
+                        let s = std::net::TcpStream::connect(front_addr).unwrap();
+                        if resetting == Side::Client {
+                            resetting_peer(s, streaming)
+                        } else {
+                            surviving_peer(s, streaming)
+                        }
+                    });
+                    (relay_one(&front, backend_addr, options(mode)).await, client)
+                });
+                let Some((outcome, client)) = ran else {
+                    drop(std::net::TcpStream::connect(backend_addr));
+                    let _ = server.join();
+                    continue;
+                };
+                let ctx = format!(
+                    "driver {drv:?} mode {mode:?} {resetting:?} resets, other side streaming: {streaming}"
+                );
+                client.join().unwrap();
+                server.join().unwrap();
+                let err = outcome
+                    .error
+                    .unwrap_or_else(|| panic!("{ctx}: a reset must end the relay with an error"));
+                assert_eq!(err.side(), Some(resetting), "{ctx}: {err}");
+                assert!(
+                    matches!(
+                        err.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+                    ),
+                    "{ctx}: {err}"
+                );
+                assert!(matches!(
+                    err,
+                    RelayError::Read { .. } | RelayError::Write { .. }
+                ));
+            }
         }
     }
 }
