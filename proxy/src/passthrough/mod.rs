@@ -356,3 +356,110 @@ impl<'a> Direction<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use monoio::{
+        IoUringDriver, LegacyDriver, RuntimeBuilder,
+        io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    fn payload(len: usize, salt: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ salt ^ ((i >> 12) as u8))
+            .collect()
+    }
+
+    async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        loop {
+            let (res, buf) = s.read(Vec::with_capacity(128 * 1024)).await;
+            match res.unwrap() {
+                0 => return all,
+                _ => all.extend_from_slice(&buf),
+            }
+        }
+    }
+
+    /// client ↔ relay (splice mode, pipes unavailable) ↔ server, with a
+    /// half-closed request and a multi-buffer response.
+    async fn buffer_fallback_round_trip() {
+        splice::FORCE_BUFFER.with(|f| f.set(true));
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").unwrap();
+        let front_addr: SocketAddr = front.local_addr().unwrap();
+        let back_addr: SocketAddr = back.local_addr().unwrap();
+        let request = payload(3 << 20, 7);
+        let response = payload((1 << 20) + 12345, 9);
+
+        let mut client = TcpStream::connect(front_addr).await.unwrap();
+        let (accepted, _) = front.accept().await.unwrap();
+        let upstream = TcpStream::connect(back_addr).await.unwrap();
+        let (mut server, _) = back.accept().await.unwrap();
+        let relay_task = monoio::spawn(relay_with(
+            accepted,
+            upstream,
+            RelayOptions {
+                mode: RelayMode::Splice,
+                idle_timeout: None,
+            },
+        ));
+        let (req, resp) = (request.clone(), response.clone());
+        let server_task = monoio::spawn(async move {
+            let got = read_all(&mut server).await;
+            let (r, _) = server.write_all(resp).await;
+            r.unwrap();
+            got
+        });
+        let (r, _) = client.write_all(req).await;
+        r.unwrap();
+        client.shutdown().await.unwrap();
+        let got_response = read_all(&mut client).await;
+        let got_request = server_task.await;
+        let outcome = relay_task.await;
+        splice::FORCE_BUFFER.with(|f| f.set(false));
+
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert!(got_request == request, "request corrupted");
+        assert!(got_response == response, "response corrupted");
+        assert_eq!(outcome.stats.client_to_server, request.len() as u64);
+        assert_eq!(outcome.stats.server_to_client, response.len() as u64);
+        assert_eq!(pipe::pooled_pipes(), 0, "no pipe may be used");
+    }
+
+    #[test]
+    fn splice_mode_falls_back_to_a_buffer_without_pipes_on_epoll() {
+        let mut rt = RuntimeBuilder::<LegacyDriver>::new().build().unwrap();
+        rt.block_on(buffer_fallback_round_trip());
+    }
+
+    #[test]
+    fn splice_mode_falls_back_to_a_buffer_without_pipes_on_io_uring() {
+        match RuntimeBuilder::<IoUringDriver>::new().build() {
+            Ok(mut rt) => rt.block_on(buffer_fallback_round_trip()),
+            Err(e) => eprintln!("skipping: the io_uring runtime failed to start: {e}"),
+        }
+    }
+
+    #[test]
+    fn relay_error_maps_to_io_error_kind_and_side() {
+        let err = RelayError::Read {
+            side: Side::Server,
+            source: io::Error::from(io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(err.side(), Some(Side::Server));
+        assert_eq!(
+            err.to_string(),
+            "reading from the server failed: connection reset"
+        );
+        let io_err = io::Error::from(err);
+        assert_eq!(io_err.kind(), io::ErrorKind::ConnectionReset);
+        let idle = io::Error::from(RelayError::Idle(Duration::from_secs(5)));
+        assert_eq!(idle.kind(), io::ErrorKind::TimedOut);
+    }
+}

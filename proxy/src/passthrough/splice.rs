@@ -123,6 +123,20 @@ pub(super) fn set_nonblocking(stream: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to exercise the buffer fallback on real sockets.
+    pub(super) static FORCE_BUFFER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn take_pipe() -> io::Result<Pipe> {
+    #[cfg(test)]
+    if FORCE_BUFFER.with(std::cell::Cell::get) {
+        return Err(io::Error::other("buffer fallback forced by a test"));
+    }
+    Pipe::take()
+}
+
 fn is_retry(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Interrupted
 }
@@ -136,7 +150,7 @@ pub(super) async fn pump(
 ) -> Result<(), RelayError> {
     let from_fd = dir.from_fd;
     let to_fd = dir.to_fd;
-    let mut stage = match Pipe::take() {
+    let mut stage = match take_pipe() {
         Ok(pipe) => Stage::Pipe(pipe),
         Err(error) => {
             tracing::debug!(%error, "no pipe for splice; relaying through a buffer");
