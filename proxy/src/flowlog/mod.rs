@@ -1,9 +1,40 @@
 //! The flow log: mitmdump-style text or JSON lines on stdout, written by a
-//! dedicated thread so workers never block on stdout.
-//! STUB — replaced by the flowlog work item. Types and signatures are the contract.
+//! dedicated thread so workers never format or do I/O for it.
+//!
+//! Workers hand owned records to [`FlowLog::conn_event`], [`FlowLog::http`]
+//! and [`FlowLog::tcp`], which only move them into a bounded channel. The
+//! `flowlog` thread formats ([`text`] or [`json`] shape), redacts credentials
+//! ([`redact`]) and writes through a buffer that is flushed whenever the
+//! queue runs empty. The formats are specified in `docs/flow-log.md`.
+//!
+//! Backpressure: when the queue (4096 records) is full, the sending worker
+//! blocks until the writer catches up. The log is never lossy; a stdout that
+//! nobody reads stalls the proxy, as it would stall mitmdump.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
+
+mod json;
+pub mod redact;
+mod size;
+mod text;
+mod writer;
+#[cfg(test)]
+mod tests;
+
+pub use redact::{redact_header, redact_url};
+pub use size::{canonical_reason, format_address, pretty_size};
+pub use text::BODY_LINES_CUTOFF;
+
+use writer::{Clock, Msg};
+
+/// Body bytes the engine captures per message at `--flow-detail 3`.
+pub const BODY_CAPTURE_DETAIL3: usize = 64 * 1024;
+/// Body bytes the engine captures per message at `--flow-detail 4`.
+pub const BODY_CAPTURE_DETAIL4: usize = 16 * 1024 * 1024;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -31,6 +62,22 @@ pub enum HttpVersion {
     Http10,
     Http11,
     Http2,
+}
+
+impl HttpVersion {
+    /// mitmproxy's spelling: `HTTP/1.0`, `HTTP/1.1`, `HTTP/2.0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http10 => "HTTP/1.0",
+            Self::Http11 => "HTTP/1.1",
+            Self::Http2 => "HTTP/2.0",
+        }
+    }
+
+    /// HTTP/1.0 or HTTP/1.1.
+    pub fn is_http1(self) -> bool {
+        matches!(self, Self::Http10 | Self::Http11)
+    }
 }
 
 /// A connection-level event (text format only; JSON ignores them).
@@ -126,45 +173,139 @@ pub struct TcpFlow {
     pub error: Option<String>,
 }
 
+/// Formatting options the writer thread needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opts {
+    pub(crate) detail: u8,
+    pub(crate) show_secrets: bool,
+}
+
 /// Handle to the flow log; cheap to clone, `Send + Sync`.
 #[derive(Debug, Clone)]
-pub struct FlowLog {}
+pub struct FlowLog {
+    format: LogFormat,
+    detail: u8,
+    /// None at detail 0 (nothing is ever written) or when the writer
+    /// thread could not be started.
+    inner: Option<Arc<Inner>>,
+}
+
+/// Owned by all clones; the last one to go closes the queue and waits for
+/// the writer to finish.
+#[derive(Debug)]
+struct Inner {
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 impl FlowLog {
     /// Log to stdout from a dedicated writer thread.
     pub fn stdout(cfg: FlowLogConfig) -> Self {
-        let _ = cfg;
-        Self {}
+        Self::spawn(&cfg, Box::new(std::io::stdout()), Clock::Local, writer::QUEUE_CAPACITY)
     }
 
     /// Log to any writer (tests).
     pub fn to_writer(cfg: FlowLogConfig, out: Box<dyn std::io::Write + Send>) -> Self {
-        let _ = (cfg, out);
-        Self {}
+        Self::spawn(&cfg, out, Clock::Local, writer::QUEUE_CAPACITY)
+    }
+
+    /// A log whose text clock uses a fixed UTC offset and whose queue holds
+    /// `capacity` records.
+    pub(crate) fn spawn(
+        cfg: &FlowLogConfig,
+        out: Box<dyn std::io::Write + Send>,
+        clock: Clock,
+        capacity: usize,
+    ) -> Self {
+        let detail = cfg.detail.min(4);
+        let mut log = Self {
+            format: cfg.format,
+            detail,
+            inner: None,
+        };
+        if detail == 0 {
+            return log;
+        }
+        let opts = Opts {
+            detail,
+            show_secrets: cfg.show_secrets,
+        };
+        match writer::spawn(cfg.format, opts, clock, capacity, out) {
+            Ok((tx, thread)) => {
+                log.inner = Some(Arc::new(Inner {
+                    tx: Some(tx),
+                    thread: Some(thread),
+                }));
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the flow log writer thread; flows will not be logged");
+            }
+        }
+        log
+    }
+
+    /// The effective `--flow-detail` (values above 4 act as 4).
+    pub fn detail(&self) -> u8 {
+        self.detail
     }
 
     /// Whether request/response headers should be collected (detail >= 2).
     pub fn wants_headers(&self) -> bool {
-        false
+        self.detail >= 2
     }
 
-    /// Body capture limit in bytes (0 = do not capture; detail >= 3).
+    /// Body capture limit in bytes (0 = do not capture; detail >= 3):
+    /// [`BODY_CAPTURE_DETAIL3`] or [`BODY_CAPTURE_DETAIL4`].
     pub fn body_capture_limit(&self) -> usize {
-        0
+        match self.detail {
+            0..=2 => 0,
+            3 => BODY_CAPTURE_DETAIL3,
+            _ => BODY_CAPTURE_DETAIL4,
+        }
     }
 
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = self.inner.as_ref().and_then(|i| i.tx.as_ref()) {
+            // Blocks while the queue is full. Fails only if the writer
+            // thread is gone, and then there is nowhere to write anyway.
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Queues a connection event (text format only; JSON has no such lines).
     pub fn conn_event(&self, ev: ConnEvent) {
-        let _ = ev;
+        if self.format == LogFormat::Text {
+            self.send(Msg::Conn(ev));
+        }
     }
 
+    /// Queues one HTTP exchange.
     pub fn http(&self, flow: HttpFlow) {
-        let _ = flow;
+        self.send(Msg::Http(Box::new(flow)));
     }
 
+    /// Queues one passthrough connection.
     pub fn tcp(&self, flow: TcpFlow) {
-        let _ = flow;
+        self.send(Msg::Tcp(flow));
     }
 
     /// Write everything queued so far and wait until it is on stdout.
-    pub fn flush(&self) {}
+    pub fn flush(&self) {
+        let Some(tx) = self.inner.as_ref().and_then(|i| i.tx.as_ref()) else {
+            return;
+        };
+        let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+        if tx.send(Msg::Flush(ack_tx)).is_ok() {
+            let _ = ack_rx.recv();
+        }
+    }
 }
