@@ -20,10 +20,10 @@ use std::time::{Duration, SystemTime};
 mod json;
 pub mod redact;
 mod size;
-mod text;
-mod writer;
 #[cfg(test)]
 mod tests;
+mod text;
+mod writer;
 
 pub use redact::{redact_header, redact_url};
 pub use size::{canonical_reason, format_address, pretty_size};
@@ -49,6 +49,7 @@ pub enum LogFormat {
 /// Flow log settings.
 #[derive(Debug, Clone)]
 pub struct FlowLogConfig {
+    /// `--log-format`: text or JSON lines.
     pub format: LogFormat,
     /// `--flow-detail 0..=4` (mitmdump semantics).
     pub detail: u8,
@@ -59,8 +60,11 @@ pub struct FlowLogConfig {
 /// HTTP version of one side of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpVersion {
+    /// HTTP/1.0.
     Http10,
+    /// HTTP/1.1.
     Http11,
+    /// HTTP/2 (printed `HTTP/2.0`, as mitmproxy does).
     Http2,
 }
 
@@ -83,17 +87,24 @@ impl HttpVersion {
 /// A connection-level event (text format only; JSON ignores them).
 #[derive(Debug, Clone)]
 pub struct ConnEvent {
+    /// When it happened.
     pub at: SystemTime,
+    /// The client connection it belongs to.
     pub client: SocketAddr,
+    /// What happened.
     pub kind: ConnEventKind,
 }
 
+/// What a [`ConnEvent`] reports.
 #[derive(Debug, Clone)]
 pub enum ConnEventKind {
+    /// A client connected.
     ClientConnect,
+    /// The client connection closed.
     ClientDisconnect,
     /// `authority` is `host:port` as the client asked for it.
     ServerConnect { authority: String, addr: SocketAddr },
+    /// The upstream connection closed.
     ServerDisconnect { authority: String, addr: SocketAddr },
     /// A connection-level error worth a line (TLS failure, refused, loop).
     Error { message: String },
@@ -102,6 +113,7 @@ pub enum ConnEventKind {
 /// A captured body (only at --flow-detail >= 3).
 #[derive(Debug, Clone, Default)]
 pub struct BodyCapture {
+    /// The captured bytes (at most `FlowLog::body_capture_limit()`).
     pub bytes: Vec<u8>,
     /// More body existed than was captured.
     pub truncated: bool,
@@ -110,66 +122,97 @@ pub struct BodyCapture {
 /// The response half of a flow.
 #[derive(Debug, Clone)]
 pub struct ResponseSummary {
+    /// Status code.
     pub status: u16,
+    /// Reason phrase as received; empty for HTTP/2 (the log then prints
+    /// the standard phrase).
     pub reason: String,
+    /// Version the response was received in.
     pub version: HttpVersion,
     /// Only filled at --flow-detail >= 2.
     pub headers: Vec<(String, String)>,
+    /// Only filled at --flow-detail >= 3.
     pub body: Option<BodyCapture>,
 }
 
 /// Per-phase durations.
 #[derive(Debug, Clone, Default)]
 pub struct Timings {
+    /// TCP connect to the upstream (None when reused or not connected).
     pub connect: Option<Duration>,
+    /// Upstream TLS handshake.
     pub tls: Option<Duration>,
+    /// Request sent until the first response byte.
     pub ttfb: Option<Duration>,
+    /// The whole exchange.
     pub total: Duration,
 }
 
 /// One HTTP request/response exchange.
 #[derive(Debug, Clone)]
 pub struct HttpFlow {
+    /// When the request started (JSON `ts`).
     pub started: SystemTime,
+    /// Client address.
     pub client: SocketAddr,
     /// "regular" | "transparent".
     pub mode: &'static str,
     /// `host:port` the request went to.
     pub destination: String,
+    /// Upstream address connected to.
     pub server_addr: Option<SocketAddr>,
+    /// TLS server name sent by the client.
     pub sni: Option<String>,
+    /// Request method.
     pub method: String,
     /// mitmproxy's "pretty URL": `scheme://host[:port]/path?query`.
     pub url: String,
+    /// Version the request was received in.
     pub request_version: HttpVersion,
     /// Only filled at --flow-detail >= 2.
     pub request_headers: Vec<(String, String)>,
+    /// Only filled at --flow-detail >= 3.
     pub request_body: Option<BodyCapture>,
     /// None when no response was received (see `error`).
     pub response: Option<ResponseSummary>,
+    /// Request body bytes forwarded.
     pub request_bytes: u64,
+    /// Response body bytes forwarded (the size the text format prints).
     pub response_bytes: u64,
+    /// Per-phase durations.
     pub timings: Timings,
     /// "intercept" | "deny" | "passthrough" | ...
     pub decision: &'static str,
+    /// Name of the policy rule that decided, if any.
     pub rule: Option<String>,
+    /// What went wrong, if anything.
     pub error: Option<String>,
 }
 
 /// A passthrough (spliced) connection.
 #[derive(Debug, Clone)]
 pub struct TcpFlow {
+    /// When the connection was accepted (JSON `ts`).
     pub started: SystemTime,
+    /// Client address.
     pub client: SocketAddr,
+    /// "regular" | "transparent".
     pub mode: &'static str,
+    /// `host:port` it went to.
     pub destination: String,
+    /// Upstream address connected to.
     pub server_addr: Option<SocketAddr>,
+    /// TLS server name, when the bytes were a ClientHello.
     pub sni: Option<String>,
+    /// Bytes spliced client to server.
     pub client_to_server: u64,
+    /// Bytes spliced server to client.
     pub server_to_client: u64,
+    /// Connection lifetime.
     pub duration: Duration,
     /// Why it was passed through ("ignore-hosts", "not http", ...).
     pub reason: String,
+    /// What went wrong, if anything.
     pub error: Option<String>,
 }
 
@@ -210,7 +253,12 @@ impl Drop for Inner {
 impl FlowLog {
     /// Log to stdout from a dedicated writer thread.
     pub fn stdout(cfg: FlowLogConfig) -> Self {
-        Self::spawn(&cfg, Box::new(std::io::stdout()), Clock::Local, writer::QUEUE_CAPACITY)
+        Self::spawn(
+            &cfg,
+            Box::new(std::io::stdout()),
+            Clock::Local,
+            writer::QUEUE_CAPACITY,
+        )
     }
 
     /// Log to any writer (tests).

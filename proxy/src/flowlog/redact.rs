@@ -10,7 +10,11 @@ use std::borrow::Cow;
 pub const MASK: &str = "...";
 
 /// Headers whose value is `<scheme> <credentials>`: the scheme word is kept.
-const SCHEME_HEADERS: &[&str] = &["authorization", "proxy-authorization"];
+const SCHEME_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-ms-authorization-auxiliary",
+];
 
 /// Headers whose whole value is a secret.
 const SECRET_HEADERS: &[&str] = &[
@@ -198,9 +202,7 @@ pub fn redact_url(url: &str) -> Cow<'_, str> {
     // Query parameters.
     if let Some(q) = url[pos..].find('?') {
         let q_start = pos + q + 1;
-        let q_end = url[q_start..]
-            .find('#')
-            .map_or(url.len(), |f| q_start + f);
+        let q_end = url[q_start..].find('#').map_or(url.len(), |f| q_start + f);
         let query = &url[q_start..q_end];
         let secret = |param: &str| {
             let name = param.split_once('=').map_or(param, |(n, _)| n);
@@ -255,7 +257,11 @@ mod tests {
             ("authorization", "s3cr3t=/== tail", "..."),
             ("Proxy-Authorization", "Basic Zm9vOmJhcg==", "Basic ..."),
             ("x-ms-authorization-auxiliary", "Bearer t", "Bearer ..."),
-            ("cookie", "session=abc123; theme=dark", "session=...; theme=..."),
+            (
+                "cookie",
+                "session=abc123; theme=dark",
+                "session=...; theme=...",
+            ),
             ("cookie", "lonely", "..."),
             ("cookie", "a=1;b=2;", "a=...; b=..."),
             (
@@ -274,11 +280,19 @@ mod tests {
             ("x-shopify-access-token", "shpat", "..."),
             ("x-client-secret", "s", "..."),
             ("x-amz-server-side-encryption-customer-key", "a2V5", "..."),
-            ("referer", "https://u:p@h/x?token=abc&page=2", "https://u:...@h/x?token=...&page=2"),
+            (
+                "referer",
+                "https://u:p@h/x?token=abc&page=2",
+                "https://u:...@h/x?token=...&page=2",
+            ),
             ("location", "/next?page=2", "/next?page=2"),
             ("content-type", "text/html", "text/html"),
             ("user-agent", "curl/8.5.0", "curl/8.5.0"),
-            ("www-authenticate", "Bearer realm=\"x\"", "Bearer realm=\"x\""),
+            (
+                "www-authenticate",
+                "Bearer realm=\"x\"",
+                "Bearer realm=\"x\"",
+            ),
             ("authorization", "", ""),
         ];
         for &(name, value, want) in cases {
@@ -289,7 +303,10 @@ mod tests {
     #[test]
     fn unchanged_values_are_borrowed() {
         assert!(matches!(redact_header("accept", "*/*"), Cow::Borrowed(_)));
-        assert!(matches!(redact_url("https://example.com/a?b=c"), Cow::Borrowed(_)));
+        assert!(matches!(
+            redact_url("https://example.com/a?b=c"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -297,17 +314,35 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("https://example.com/", "https://example.com/"),
             ("https://user:pass@host/", "https://user:...@host/"),
-            ("https://user:pa:ss@host:8443/p", "https://user:...@host:8443/p"),
-            ("https://ghp_token@github.com/o/r.git", "https://...@github.com/o/r.git"),
+            (
+                "https://user:pa:ss@host:8443/p",
+                "https://user:...@host:8443/p",
+            ),
+            (
+                "https://ghp_token@github.com/o/r.git",
+                "https://...@github.com/o/r.git",
+            ),
             ("https://host/p@q", "https://host/p@q"),
             (
                 "https://bucket.s3.amazonaws.com/key?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20261121&X-Amz-Date=20261121T000000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature=deadbeef",
                 "https://bucket.s3.amazonaws.com/key?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=...&X-Amz-Date=20261121T000000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature=...",
             ),
-            ("https://h/?x-amz-security-token=abc", "https://h/?x-amz-security-token=..."),
-            ("https://a.blob.core.windows.net/c/b?sv=2022&sig=abc%3D", "https://a.blob.core.windows.net/c/b?sv=2022&sig=..."),
-            ("http://h/cb?access_token=a&state=s#frag", "http://h/cb?access_token=...&state=s#frag"),
-            ("http://h/?api_key=1&signature=2&token=3", "http://h/?api_key=...&signature=...&token=..."),
+            (
+                "https://h/?x-amz-security-token=abc",
+                "https://h/?x-amz-security-token=...",
+            ),
+            (
+                "https://a.blob.core.windows.net/c/b?sv=2022&sig=abc%3D",
+                "https://a.blob.core.windows.net/c/b?sv=2022&sig=...",
+            ),
+            (
+                "http://h/cb?access_token=a&state=s#frag",
+                "http://h/cb?access_token=...&state=s#frag",
+            ),
+            (
+                "http://h/?api_key=1&signature=2&token=3",
+                "http://h/?api_key=...&signature=...&token=...",
+            ),
             ("/search?q=token&token", "/search?q=token&token"),
             ("/x?token=", "/x?token=..."),
             ("https://u:p@h/?sig=1", "https://u:...@h/?sig=..."),
@@ -324,7 +359,14 @@ mod tests {
 
     #[test]
     fn odd_inputs_do_not_panic() {
-        for s in ["://", ":///?#", "a://b@c@d/?=&&==", "@@@", "?&=", "h://\u{1F600}@\u{1F600}?\u{1F600}=1"] {
+        for s in [
+            "://",
+            ":///?#",
+            "a://b@c@d/?=&&==",
+            "@@@",
+            "?&=",
+            "h://\u{1F600}@\u{1F600}?\u{1F600}=1",
+        ] {
             let _ = redact_url(s);
             let _ = redact_header("authorization", s);
             let _ = redact_header("cookie", s);

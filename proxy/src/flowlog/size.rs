@@ -142,10 +142,13 @@ pub(crate) fn push_escaped(out: &mut String, s: &str) {
 
 /// Like [`push_escaped`] but keeps tabs (for body lines).
 pub(crate) fn push_escaped_keep_tabs(out: &mut String, s: &str) {
-    out.extend(
-        s.chars()
-            .map(|c| if c != '\t' && is_unsafe_char(c) { '.' } else { c }),
-    );
+    out.extend(s.chars().map(|c| {
+        if c != '\t' && is_unsafe_char(c) {
+            '.'
+        } else {
+            c
+        }
+    }));
 }
 
 #[cfg(test)]

@@ -241,7 +241,10 @@ pub(crate) fn http(out: &mut String, f: &HttpFlow, opts: &Opts) {
     };
     push_escaped(out, &url);
     // mitmproxy hides the version for h1 <-> h1 with equal versions.
-    let resp_version = f.response.as_ref().map_or(HttpVersion::Http11, |r| r.version);
+    let resp_version = f
+        .response
+        .as_ref()
+        .map_or(HttpVersion::Http11, |r| r.version);
     if !f.request_version.is_http1() || f.request_version != resp_version {
         out.push(' ');
         out.push_str(f.request_version.as_str());

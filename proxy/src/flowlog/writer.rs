@@ -33,6 +33,7 @@ pub(crate) enum Clock {
     /// The system's local time zone (`TZ`, `/etc/localtime`), per record.
     Local,
     /// A fixed offset in seconds east of UTC (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     Fixed(i32),
 }
 
