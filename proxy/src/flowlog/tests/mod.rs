@@ -1,6 +1,7 @@
 //! Tests of the formats (golden strings) and of the writer thread.
 
 mod format;
+mod mitmproxy;
 mod writer;
 
 use std::net::SocketAddr;
