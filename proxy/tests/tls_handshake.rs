@@ -418,3 +418,77 @@ fn upstream_with_an_expired_certificate_is_described() {
     eprintln!("described: {line}");
     assert!(line.contains("expired on"), "{line}");
 }
+
+/// One connection: server sends "hi" after the handshake (so the client also
+/// processes the session tickets that precede it). Returns both views of the
+/// handshake kind.
+fn resumable_exchange(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) -> (Option<rustls::HandshakeKind>, Option<rustls::HandshakeKind>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut conn = ServerConnection::new(server).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        let kind = conn.handshake_kind();
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        tls.write_all(b"hi").unwrap();
+        tls.flush().unwrap();
+        let mut buf = [0u8; 16];
+        let _ = tls.read(&mut buf); // until the client closes
+        kind
+    });
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut conn =
+        ClientConnection::new(client, ServerName::try_from("example.test").unwrap()).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let mut buf = [0u8; 2];
+    tls.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hi");
+    let client_kind = tls.conn.handshake_kind();
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    drop(sock);
+    (h.join().unwrap(), client_kind)
+}
+
+#[test]
+fn sessions_resume_across_separately_built_server_configs() {
+    let ca = test_ca();
+    let (leaf, _) = ca.cache.get(&LeafName::Dns("example.test".into())).unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cache.ca().cert_der().clone()).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(tproxy::tls::provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let first = resumable_exchange(server_config(leaf.clone(), &[]), client.clone());
+        assert_eq!(
+            first,
+            (
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Full)
+            )
+        );
+        // A config built anew (as per connection in the proxy) still resumes.
+        let second = resumable_exchange(server_config(leaf.clone(), &[]), client);
+        assert_eq!(
+            second,
+            (
+                Some(rustls::HandshakeKind::Resumed),
+                Some(rustls::HandshakeKind::Resumed)
+            ),
+            "{version:?}"
+        );
+    }
+}

@@ -240,7 +240,7 @@ impl CertificateAuthority {
             return Err(invalid(format!(
                 "the CA certificate expired on {}; create a new one with `tproxy ca init --force` \
                  (and distribute it to clients again)",
-                fmt_time(not_after)
+                encoding::fmt_time(not_after)
             )));
         }
         let has_ski = x509.extensions().iter().any(|e| {
@@ -255,7 +255,7 @@ impl CertificateAuthority {
         };
         let (kind, key_description) = describe_key(&key, bits);
         let subject = x509.subject().to_string();
-        let cert_pem = pem_encode("CERTIFICATE", &cert_der);
+        let cert_pem = encoding::pem_encode("CERTIFICATE", &cert_der);
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)
             .map_err(|e| invalid(format!("unusable CA certificate: {e}")))?;
         Ok(Self {
@@ -337,8 +337,8 @@ impl CertificateAuthority {
             "subject:     {}\nkey:         {}\nnot before:  {}\nnot after:   {}{}\nSHA-256:     {}\n",
             self.subject,
             self.key_description,
-            fmt_time(self.not_before),
-            fmt_time(self.not_after),
+            encoding::fmt_time(self.not_before),
+            encoding::fmt_time(self.not_after),
             expired,
             self.fingerprint_sha256(),
         );
@@ -499,25 +499,6 @@ fn describe_key(key: &KeyPair, rsa_bits: usize) -> (Option<KeyKind>, String) {
     }
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn fmt_time(t: OffsetDateTime) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&f)
-        .unwrap_or_else(|_| t.to_string())
-}
-
 /// Write `dir/name` atomically: a temporary file with `mode`, fsync, rename,
 /// then fsync the directory.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), CaError> {
@@ -555,7 +536,7 @@ mod tests {
     #[test]
     fn pem_encoding_round_trips() {
         let der = vec![7u8; 200];
-        let pem = pem_encode("CERTIFICATE", &der);
+        let pem = encoding::pem_encode("CERTIFICATE", &der);
         assert!(pem.lines().all(|l| l.len() <= 64));
         let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         assert_eq!(back.as_ref(), der.as_slice());
