@@ -25,7 +25,11 @@ fn admin_endpoints_health_ca_and_metrics() {
     let r = curl(&[&format!("{admin}/ca.pem")]);
     assert_eq!(r.status, 200, "{r:?}");
     let file = std::fs::read(p.ca_cert()).unwrap();
-    assert!(r.body == file, "/ca.pem differs from {}", p.ca_cert().display());
+    assert!(
+        r.body == file,
+        "/ca.pem differs from {}",
+        p.ca_cert().display()
+    );
     // Traffic first, so request metrics have samples.
     let ca = p.ca_cert();
     for url in [

@@ -81,13 +81,23 @@ fn download_100mib_intercepted_https() {
     let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
     warm_up(&p, &format!("{}/small.txt", ng.https_base()), &p.ca_cert());
     let url = format!("{}/big.bin", ng.https_base());
-    let (sha, n, growth) = download(&p, &["-x", &p.proxy_url(), "--cacert", s(&p.ca_cert()), &url]);
+    let (sha, n, growth) = download(
+        &p,
+        &["-x", &p.proxy_url(), "--cacert", s(&p.ca_cert()), &url],
+    );
     let (_, want) = big_file();
     assert_eq!((sha.as_str(), n), (want.as_str(), BIG_LEN));
-    assert!(growth < MAX_RSS_GROWTH_KIB, "RSS grew {growth} KiB during the transfer");
+    assert!(
+        growth < MAX_RSS_GROWTH_KIB,
+        "RSS grew {growth} KiB during the transfer"
+    );
     let re = format!(r": GET {}$", regex::escape(&url));
     assert!(p.wait_for_stdout(&re, T).is_some(), "{}", p.dump());
-    assert!(p.wait_for_stdout(r"^    << 200 OK 100m$", T).is_some(), "{}", p.dump());
+    assert!(
+        p.wait_for_stdout(r"^    << 200 OK 100m$", T).is_some(),
+        "{}",
+        p.dump()
+    );
     eprintln!("download_100mib_intercepted_https: RSS growth {growth} KiB");
 }
 
@@ -96,13 +106,20 @@ fn download_100mib_plain_http() {
     let pki = TestPki::new();
     let ng = Nginx::start(&pki);
     let p = ProxyBuilder::new().spawn();
-    let r = curl(&["-x", &p.proxy_url(), &format!("{}/small.txt", ng.http_base())]);
+    let r = curl(&[
+        "-x",
+        &p.proxy_url(),
+        &format!("{}/small.txt", ng.http_base()),
+    ]);
     assert_eq!(r.status, 200);
     let url = format!("{}/big.bin", ng.http_base());
     let (sha, n, growth) = download(&p, &["-x", &p.proxy_url(), &url]);
     let (_, want) = big_file();
     assert_eq!((sha.as_str(), n), (want.as_str(), BIG_LEN));
-    assert!(growth < MAX_RSS_GROWTH_KIB, "RSS grew {growth} KiB during the transfer");
+    assert!(
+        growth < MAX_RSS_GROWTH_KIB,
+        "RSS grew {growth} KiB during the transfer"
+    );
     eprintln!("download_100mib_plain_http: RSS growth {growth} KiB");
 }
 
@@ -117,8 +134,10 @@ fn download_100mib_spliced_passthrough() {
         // Not intercepted: the client trusts the upstream's own CA.
         warm_up(&p, &format!("{}/small.txt", ng.https_base()), &pki.ca_pem());
         let url = format!("{}/big.bin", ng.https_base());
-        let (sha, n, growth) =
-            download(&p, &["-x", &p.proxy_url(), "--cacert", s(&pki.ca_pem()), &url]);
+        let (sha, n, growth) = download(
+            &p,
+            &["-x", &p.proxy_url(), "--cacert", s(&pki.ca_pem()), &url],
+        );
         let (_, want) = big_file();
         assert_eq!((sha.as_str(), n), (want.as_str(), BIG_LEN), "{mode}");
         assert!(growth < MAX_RSS_GROWTH_KIB, "{mode}: RSS grew {growth} KiB");
@@ -130,8 +149,16 @@ fn download_100mib_spliced_passthrough() {
                 .ge(&2)
                 .then_some(())
         });
-        assert!(pt.is_some(), "{mode}: passthrough lines missing\n{}", p.dump());
-        assert!(!p.flow_lines().iter().any(|l| l.contains(": GET ")), "{}", p.dump());
+        assert!(
+            pt.is_some(),
+            "{mode}: passthrough lines missing\n{}",
+            p.dump()
+        );
+        assert!(
+            !p.flow_lines().iter().any(|l| l.contains(": GET ")),
+            "{}",
+            p.dump()
+        );
         eprintln!("download_100mib_spliced_passthrough ({mode}): RSS growth {growth} KiB");
     }
 }
@@ -166,8 +193,12 @@ fn upload(p: &Proxy, url: &str, extra: &[&str]) -> u64 {
         String::from_utf8_lossy(&out.stderr),
         p.dump()
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("sink reply not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "sink reply not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     assert_eq!(v["size"], BIG_LEN, "{v}");
     assert_eq!(v["sha256"], want.as_str(), "{v}");
     max.load(Ordering::Relaxed).saturating_sub(before)
@@ -181,8 +212,16 @@ fn upload_100mib_intercepted_https() {
     let base = format!("https://localhost:{}", sink.addr.port());
     warm_up(&p, &format!("{base}/"), &p.ca_cert());
     let growth = upload(&p, &format!("{base}/up"), &["--cacert", s(&p.ca_cert())]);
-    assert!(growth < MAX_RSS_GROWTH_KIB, "RSS grew {growth} KiB during the upload");
-    assert!(p.wait_for_stdout(r": PUT https://localhost:\d+/up$", T).is_some(), "{}", p.dump());
+    assert!(
+        growth < MAX_RSS_GROWTH_KIB,
+        "RSS grew {growth} KiB during the upload"
+    );
+    assert!(
+        p.wait_for_stdout(r": PUT https://localhost:\d+/up$", T)
+            .is_some(),
+        "{}",
+        p.dump()
+    );
     eprintln!("upload_100mib_intercepted_https: RSS growth {growth} KiB");
 }
 
@@ -191,6 +230,9 @@ fn upload_100mib_plain_http() {
     let sink = PyUpstream::local(Kind::Sink, None);
     let p = ProxyBuilder::new().spawn();
     let growth = upload(&p, &format!("http://{}/up", sink.addr), &[]);
-    assert!(growth < MAX_RSS_GROWTH_KIB, "RSS grew {growth} KiB during the upload");
+    assert!(
+        growth < MAX_RSS_GROWTH_KIB,
+        "RSS grew {growth} KiB during the upload"
+    );
     eprintln!("upload_100mib_plain_http: RSS growth {growth} KiB");
 }

@@ -47,7 +47,12 @@ fn curl_via_proxy_with(confdir: &Path, ca: &Path) {
         .spawn();
     let url = format!("{}/small.txt", ng.https_base());
     let r = curl(&["-x", &p.proxy_url(), "--cacert", s(ca), &url]);
-    assert_eq!((r.status, r.text().as_str()), (200, SMALL_BODY), "{r:?}\n{}", p.dump());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
 }
 
 #[test]
@@ -74,7 +79,10 @@ fn ca_init(key_type: Option<&str>, algo: &str) -> tempfile::TempDir {
     tproxy_ok(&args);
     let cert = dir.path().join("mitmproxy-ca-cert.pem");
     let combined = std::fs::read_to_string(dir.path().join("mitmproxy-ca.pem")).unwrap();
-    assert!(combined.contains("PRIVATE KEY-----"), "mitmproxy-ca.pem lacks the key");
+    assert!(
+        combined.contains("PRIVATE KEY-----"),
+        "mitmproxy-ca.pem lacks the key"
+    );
     assert_eq!(pem_certs(&combined).len(), 1);
     let pem = std::fs::read_to_string(&cert).unwrap();
     assert_eq!(pem_certs(&combined)[0], pem_certs(&pem)[0]);
@@ -98,7 +106,12 @@ fn ca_init_default_is_accepted_by_curl_python_and_openssl() {
         .spawn();
     let url = format!("{}/small.txt", ng.https_base());
     let r = curl(&["-x", &p.proxy_url(), "--cacert", s(&cert), &url]);
-    assert_eq!((r.status, r.text().as_str()), (200, SMALL_BODY), "{r:?}\n{}", p.dump());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
     // Python's ssl (OpenSSL with Python's strict defaults) through CONNECT.
     let py = r#"
 import socket, ssl, sys
@@ -125,7 +138,11 @@ print(data.split(b"\r\n\r\n", 1)[1].decode(), end="")
 "#;
     let out = run_python(
         py,
-        &[&p.addr("regular").to_string(), &ng.https_port.to_string(), s(&cert)],
+        &[
+            &p.addr("regular").to_string(),
+            &ng.https_port.to_string(),
+            s(&cert),
+        ],
         T,
     );
     assert_eq!(out, format!("HTTP/1.1 200 OK\n{SMALL_BODY}"));
@@ -170,13 +187,19 @@ fn ca_created_by_tproxy_loads_and_signs_in_mitmproxy() {
     let dir = ca_init(Some("rsa"), "rsaEncryption");
     let cert = dir.path().join("mitmproxy-ca-cert.pem");
     let leaf = dir.path().join("mitm-leaf.pem");
-    let fp_py = run_python(MITM_MINT, &[s(dir.path()), s(&leaf)], Duration::from_secs(60));
-    assert_eq!(fp_py.trim().to_lowercase(), fingerprint_sha256(&cert).to_lowercase());
+    let fp_py = run_python(
+        MITM_MINT,
+        &[s(dir.path()), s(&leaf)],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        fp_py.trim().to_lowercase(),
+        fingerprint_sha256(&cert).to_lowercase()
+    );
     // The leaf mitmproxy signed with tproxy's key verifies against tproxy's
     // certificate: key and certificate in mitmproxy-ca.pem belong together.
     let out = run_ok(
-        Command::new("openssl")
-            .args(["verify", "-CAfile", s(&cert), s(&leaf)]),
+        Command::new("openssl").args(["verify", "-CAfile", s(&cert), s(&leaf)]),
         T,
     );
     assert!(out.contains(": OK"), "{out}");
@@ -189,7 +212,10 @@ fn ca_show_prints_subject_fingerprint_and_pem() {
     let out = tproxy_ok(&["ca", "show", "--confdir", s(dir.path())]);
     assert!(out.contains("mitmproxy"), "{out}");
     let flat = out.replace(':', "").to_uppercase();
-    assert!(flat.contains(&fingerprint_sha256(&cert)), "fingerprint missing:\n{out}");
+    assert!(
+        flat.contains(&fingerprint_sha256(&cert)),
+        "fingerprint missing:\n{out}"
+    );
     let pem = tproxy_ok(&["ca", "show", "--confdir", s(dir.path()), "--pem"]);
     let file = std::fs::read_to_string(&cert).unwrap();
     assert_eq!(pem_certs(&pem), pem_certs(&file), "{pem}");
@@ -201,7 +227,11 @@ fn ca_init_keeps_existing_ca_unless_forced() {
     let cert = dir.path().join("mitmproxy-ca-cert.pem");
     let fp = fingerprint_sha256(&cert);
     let _ = tproxy(&["ca", "init", "--confdir", s(dir.path())]);
-    assert_eq!(fingerprint_sha256(&cert), fp, "ca init overwrote without --force");
+    assert_eq!(
+        fingerprint_sha256(&cert),
+        fp,
+        "ca init overwrote without --force"
+    );
     tproxy_ok(&["ca", "init", "--confdir", s(dir.path()), "--force"]);
     assert_ne!(fingerprint_sha256(&cert), fp, "--force kept the old CA");
 }

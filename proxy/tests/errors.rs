@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::netns::{Topology, UPSTREAM_IP};
-use support::nginx::{Nginx, SMALL_BODY, SLOW_LEN, slow_body};
+use support::nginx::{Nginx, SLOW_LEN, SMALL_BODY, slow_body};
 use support::pki::TestPki;
 use support::proxy::ProxyBuilder;
 use support::*;
@@ -34,14 +34,27 @@ fn assert_spliced(pattern: &str) {
     let url = format!("{}/small.txt", ng.https_base());
     // Trusting only the upstream's CA works: nothing was re-signed.
     let r = curl(&["-x", &p.proxy_url(), "--cacert", s(&pki.ca_pem()), &url]);
-    assert_eq!((r.status, r.text().as_str()), (200, SMALL_BODY), "{r:?}\n{}", p.dump());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
     let pt = format!(
         r"^{TS}127\.0\.0\.1:\d+: passthrough (localhost|127\.0\.0\.1):{} \(.*\) >> \S+ << \S+$",
         ng.https_port
     );
-    assert!(p.wait_for_stdout(&pt, T).is_some(), "no passthrough line\n{}", p.dump());
+    assert!(
+        p.wait_for_stdout(&pt, T).is_some(),
+        "no passthrough line\n{}",
+        p.dump()
+    );
     let intercepted = p.flow_lines().iter().any(|l| l.contains(": GET "));
-    assert!(!intercepted, "request line logged for a spliced flow\n{}", p.dump());
+    assert!(
+        !intercepted,
+        "request line logged for a spliced flow\n{}",
+        p.dump()
+    );
 }
 
 #[test]
@@ -71,14 +84,21 @@ fn cl_te_request_gets_400_and_never_reaches_upstream() {
     let mut buf = [0u8; 4096];
     let n = c.read(&mut buf).unwrap_or(0);
     let head = String::from_utf8_lossy(&buf[..n]);
-    assert!(head.starts_with("HTTP/1.1 400"), "got {head:?}\n{}", p.dump());
+    assert!(
+        head.starts_with("HTTP/1.1 400"),
+        "got {head:?}\n{}",
+        p.dump()
+    );
     drop(c);
     // A later good request is logged by nginx; the smuggled ones never are.
     let ctl = format!("{}/small.txt?control-{marker}", ng.http_base());
     assert_eq!(curl(&["-x", &p.proxy_url(), &ctl]).status, 200);
     assert!(ng.wait_access_log(&format!("control-{marker}"), T));
     let log = ng.access_log();
-    assert!(!log.contains(&format!("/{marker}")), "smuggled request forwarded:\n{log}");
+    assert!(
+        !log.contains(&format!("/{marker}")),
+        "smuggled request forwarded:\n{log}"
+    );
 }
 
 #[test]
@@ -87,7 +107,11 @@ fn upstream_refused_gives_502_naming_the_cause() {
     let dead = free_port(); // nothing listens here any more
     let r = curl(&["-x", &p.proxy_url(), &format!("http://127.0.0.1:{dead}/")]);
     assert_eq!(r.status, 502, "{r:?}");
-    assert!(r.text().to_lowercase().contains("refused"), "body: {}", r.text());
+    assert!(
+        r.text().to_lowercase().contains("refused"),
+        "body: {}",
+        r.text()
+    );
 }
 
 #[test]
@@ -105,14 +129,21 @@ fn untrusted_upstream_cert_gives_502_with_hint_and_ssl_insecure_allows() {
     drop(p);
     let p = ProxyBuilder::new().args(&["--ssl-insecure"]).spawn();
     let r = curl(&["-x", &p.proxy_url(), "--cacert", s(&p.ca_cert()), &url]);
-    assert_eq!((r.status, r.text().as_str()), (200, SMALL_BODY), "{r:?}\n{}", p.dump());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
 }
 
 #[test]
 fn sigterm_lets_in_flight_download_finish_then_exits_zero() {
     let pki = TestPki::new();
     let ng = Nginx::start(&pki);
-    let mut p = ProxyBuilder::new().args(&["--shutdown-timeout", "30"]).spawn();
+    let mut p = ProxyBuilder::new()
+        .args(&["--shutdown-timeout", "30"])
+        .spawn();
     let proxy_addr = p.addr("regular");
     let mut child = Command::new("curl")
         .args(["-sS", "--max-time", "60", "-x", &p.proxy_url()])
@@ -160,7 +191,11 @@ fn sigterm_lets_in_flight_download_finish_then_exits_zero() {
         "download finished before SIGTERM: the test proved nothing"
     );
     assert!(st.success(), "curl failed: {st}");
-    assert!(body == slow_body(), "body differs ({} of {SLOW_LEN} bytes)", body.len());
+    assert!(
+        body == slow_body(),
+        "body differs ({} of {SLOW_LEN} bytes)",
+        body.len()
+    );
     let exit = p.wait_exit(Duration::from_secs(35));
     assert!(
         exit.is_some_and(|e| e.success()),
@@ -186,10 +221,13 @@ fn upstream_connect_timeout_gives_504() {
         .args(&["--connect-timeout", "1"])
         .spawn();
     let r = curl_in(
-        Some(&topo.node),
+        Some(topo.node.as_str()),
         &["-x", &p.proxy_url(), &format!("http://{UPSTREAM_IP}:81/")],
     );
     assert_eq!(r.status, 504, "{r:?}\n{}", p.dump());
     let body = r.text().to_lowercase();
-    assert!(body.contains("timed out") || body.contains("timeout"), "{body}");
+    assert!(
+        body.contains("timed out") || body.contains("timeout"),
+        "{body}"
+    );
 }

@@ -62,7 +62,10 @@ fn nginx_serves_http_https_h2_and_logs() {
         "Authorization: Bearer fixture-secret",
         &format!("{}/headers", ng.http_base()),
     ]);
-    assert!(r.text().contains("authorization=Bearer fixture-secret"), "{r:?}");
+    assert!(
+        r.text().contains("authorization=Bearer fixture-secret"),
+        "{r:?}"
+    );
     assert!(ng.wait_access_log("\"GET /small.txt HTTP/1.1\" 200", Duration::from_secs(5)));
     assert!(ng.wait_access_log("\"GET /small.txt HTTP/2.0\" 200", Duration::from_secs(5)));
     // Without the CA curl refuses the server: the cert is not a public one.
@@ -86,7 +89,11 @@ fn nginx_big_and_slow_files_have_expected_content() {
     assert_eq!((sha.as_str(), n), (want.as_str(), BIG_LEN));
     let r = curl(&[&format!("{}/slow/1m.bin", ng.http_base())]);
     assert_eq!(r.status, 200);
-    assert!(r.body == slow_body(), "slow body differs ({} bytes)", r.body.len());
+    assert!(
+        r.body == slow_body(),
+        "slow body differs ({} bytes)",
+        r.body.len()
+    );
 }
 
 #[test]
@@ -184,12 +191,23 @@ fn process_guard_parses_listeners_captures_and_stops() {
     let p = ProxyBuilder::new().program(&fake).spawn();
     assert_eq!(p.addr("regular").to_string(), "127.0.0.1:18080");
     assert_eq!(p.addr("admin").to_string(), "127.0.0.1:19090");
-    let args = p.wait_for_stdout("^args: ", Duration::from_secs(5)).unwrap();
+    let args = p
+        .wait_for_stdout("^args: ", Duration::from_secs(5))
+        .unwrap();
     assert!(args.contains("--mode regular@127.0.0.1:0"), "{args}");
     assert!(args.contains("--admin 127.0.0.1:0"), "{args}");
-    assert!(args.contains(&format!("--confdir {}", p.confdir().display())), "{args}");
-    assert!(p.wait_for_stdout(r"\] client connect$", Duration::from_secs(5)).is_some());
-    assert!(p.wait_for_stderr("mode=admin", Duration::from_secs(1)).is_some());
+    assert!(
+        args.contains(&format!("--confdir {}", p.confdir().display())),
+        "{args}"
+    );
+    assert!(
+        p.wait_for_stdout(r"\] client connect$", Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(
+        p.wait_for_stderr("mode=admin", Duration::from_secs(1))
+            .is_some()
+    );
     let rss = p.rss().unwrap();
     assert!(rss.rss_kib > 0 && rss.hwm_kib >= rss.rss_kib, "{rss:?}");
     let pid = p.pid() as i32;
@@ -208,11 +226,14 @@ fn netns_topology_routes_and_redirects_without_proxy() {
     let topo = Topology::new("fix");
     let ng = Nginx::start_in_ns(&pki, &topo.upstream, UPSTREAM_IP, 80, 443);
     // Routed client → node → upstream, no proxy involved.
-    let r = curl_in(Some(&topo.client), &[&format!("http://{UPSTREAM_IP}/")]);
+    let r = curl_in(
+        Some(topo.client.as_str()),
+        &[&format!("http://{UPSTREAM_IP}/")],
+    );
     assert_eq!((r.status, r.text().as_str()), (200, INDEX_BODY), "{r:?}");
     let ca = pki.ca_pem();
     let r = curl_in(
-        Some(&topo.client),
+        Some(topo.client.as_str()),
         &[
             "--cacert",
             ca.to_str().unwrap(),
@@ -225,7 +246,13 @@ fn netns_topology_routes_and_redirects_without_proxy() {
     assert!(ng.wait_access_log("198.18.1.2 \"GET / HTTP/1.1\" 200", Duration::from_secs(5)));
     // The REDIRECT rule diverts client :80/:443 to a node-local listener
     // (a TCP echo standing in for the proxy); other ports are untouched.
-    let echo = PyUpstream::start(Kind::TcpEcho, "0.0.0.0", 15001, None, Some(&topo.node));
+    let echo = PyUpstream::start(
+        Kind::TcpEcho,
+        "0.0.0.0",
+        15001,
+        None,
+        Some(topo.node.as_str()),
+    );
     topo.redirect_to(echo.addr.port());
     let got = netns::in_netns(&topo.client, || {
         let addr = format!("{UPSTREAM_IP2}:443").parse().unwrap();

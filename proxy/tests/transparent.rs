@@ -50,19 +50,41 @@ fn transparent_http_and_https_reach_upstream_via_proxy() {
     let (pki, ng, p, topo) = (&st.pki, &st.ng, &st.p, &st.topo);
     let c = Some(topo.client.as_str());
     let r = curl_in(c, &[&format!("http://{UPSTREAM_IP}/small.txt")]);
-    assert_eq!((r.status, r.text().as_str()), (200, SMALL_BODY), "{r:?}\n{}", p.dump());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
     let resolve = format!("upstream.test:443:{UPSTREAM_IP}");
     let ca = p.ca_cert();
     let r = curl_in(
         c,
-        &["--resolve", &resolve, "--cacert", ca.to_str().unwrap(), "https://upstream.test/small.txt"],
+        &[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca.to_str().unwrap(),
+            "https://upstream.test/small.txt",
+        ],
     );
-    assert_eq!((r.status, r.text().as_str()), (200, SMALL_BODY), "{r:?}\n{}", p.dump());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
     // Intercepted: trusting only the upstream's CA fails.
     let upstream_ca = pki.ca_pem();
     let r = curl_in(
         c,
-        &["--resolve", &resolve, "--cacert", upstream_ca.to_str().unwrap(), "https://upstream.test/small.txt"],
+        &[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            upstream_ca.to_str().unwrap(),
+            "https://upstream.test/small.txt",
+        ],
     );
     assert_eq!(r.exit, 60, "expected a certificate error: {r:?}");
     // The flow log names the original destination (default ports omitted).
@@ -74,8 +96,15 @@ fn transparent_http_and_https_reach_upstream_via_proxy() {
         assert!(p.wait_for_stdout(&re, T).is_some(), "no {re}\n{}", p.dump());
     }
     // nginx saw the proxy's address, not the client's: the proxy made the calls.
-    assert!(ng.wait_access_log(&format!("{NODE_UPSTREAM_IP} \"GET /small.txt HTTP/1.1\" 200"), T));
-    assert!(!ng.access_log().contains("198.18.1.2 "), "{}", ng.access_log());
+    assert!(ng.wait_access_log(
+        &format!("{NODE_UPSTREAM_IP} \"GET /small.txt HTTP/1.1\" 200"),
+        T
+    ));
+    assert!(
+        !ng.access_log().contains("198.18.1.2 "),
+        "{}",
+        ng.access_log()
+    );
 }
 
 /// Sends `payload` from the client namespace to `dst`, half-closes, returns
@@ -103,15 +132,33 @@ fn transparent_non_http_bytes_pass_through_untouched() {
     }
     let st = setup("tpraw");
     let (p, topo) = (&st.p, &st.topo);
-    let _e443 = PyUpstream::start(Kind::TcpEcho, UPSTREAM_IP2, 443, None, Some(&topo.upstream));
-    let _e80 = PyUpstream::start(Kind::TcpEcho, UPSTREAM_IP2, 80, None, Some(&topo.upstream));
+    let _e443 = PyUpstream::start(
+        Kind::TcpEcho,
+        UPSTREAM_IP2,
+        443,
+        None,
+        Some(topo.upstream.as_str()),
+    );
+    let _e80 = PyUpstream::start(
+        Kind::TcpEcho,
+        UPSTREAM_IP2,
+        80,
+        None,
+        Some(topo.upstream.as_str()),
+    );
     // Neither a TLS record nor an HTTP request line.
     let mut payload = b"\x00\x01\x02 NOT-HTTP binary protocol \xfe\xff\r\n".to_vec();
     payload.extend((0..256 * 1024u32).map(|i| (i * 13 % 251) as u8));
     for port in [443u16, 80] {
         let dst: SocketAddr = format!("{UPSTREAM_IP2}:{port}").parse().unwrap();
         let got = exchange(&topo.client, dst, payload.clone());
-        assert!(got == payload, "port {port}: {} of {} bytes echoed\n{}", got.len(), payload.len(), p.dump());
+        assert!(
+            got == payload,
+            "port {port}: {} of {} bytes echoed\n{}",
+            got.len(),
+            payload.len(),
+            p.dump()
+        );
         let re = format!(r"^{TS}198\.18\.1\.2:\d+: passthrough {UPSTREAM_IP2}:{port} ");
         assert!(p.wait_for_stdout(&re, T).is_some(), "no {re}\n{}", p.dump());
     }
@@ -133,8 +180,9 @@ fn transparent_loop_guard_refuses_direct_connection_to_proxy_port() {
         let mut got = Vec::new();
         // Ends with EOF or a reset; a timeout (WouldBlock) means it hung.
         match s.read_to_end(&mut got) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.kind() == std::io::ErrorKind::TimedOut =>
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
             {
                 panic!("connection to the proxy's own port hung (loop?)")
             }
@@ -142,7 +190,10 @@ fn transparent_loop_guard_refuses_direct_connection_to_proxy_port() {
         }
     });
     let text = String::from_utf8_lossy(&got);
-    assert!(!text.starts_with("HTTP/1.1 2"), "served a looped request: {text}");
+    assert!(
+        !text.starts_with("HTTP/1.1 2"),
+        "served a looped request: {text}"
+    );
     let logged = wait_until(T, || {
         p.stderr_lines()
             .iter()
@@ -152,8 +203,19 @@ fn transparent_loop_guard_refuses_direct_connection_to_proxy_port() {
     });
     assert!(logged.is_some(), "no log line about the loop\n{}", p.dump());
     // Still healthy: a normal redirected request works.
-    let r = curl_in(Some(&topo.client), &[&format!("http://{UPSTREAM_IP}/small.txt")]);
+    let r = curl_in(
+        Some(topo.client.as_str()),
+        &[&format!("http://{UPSTREAM_IP}/small.txt")],
+    );
     assert_eq!(r.status, 200, "{r:?}\n{}", p.dump());
-    let client_connects = p.flow_lines().iter().filter(|l| l.ends_with("client connect")).count();
-    assert!(client_connects < 10, "connection storm: {client_connects} client connects\n{}", p.dump());
+    let client_connects = p
+        .flow_lines()
+        .iter()
+        .filter(|l| l.ends_with("client connect"))
+        .count();
+    assert!(
+        client_connects < 10,
+        "connection storm: {client_connects} client connects\n{}",
+        p.dump()
+    );
 }

@@ -13,8 +13,8 @@
 
 pub mod netns;
 pub mod nginx;
-pub mod proxy;
 pub mod pki;
+pub mod proxy;
 pub mod pyup;
 
 use std::io::Read;

@@ -60,17 +60,83 @@ impl Topology {
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
         let (c, n, u) = (t.client.as_str(), t.node.as_str(), t.upstream.as_str());
-        ip(&["-n", n, "link", "add", NODE_CLIENT_IF, "type", "veth", "peer", "name", "eth0", "netns", c]);
-        ip(&["-n", n, "link", "add", "to-upstream", "type", "veth", "peer", "name", "eth0", "netns", u]);
-        ip(&["-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            n,
+            "link",
+            "add",
+            NODE_CLIENT_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            c,
+        ]);
+        ip(&[
+            "-n",
+            n,
+            "link",
+            "add",
+            "to-upstream",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            u,
+        ]);
+        ip(&[
+            "-n",
+            c,
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", c, "link", "set", "eth0", "up"]);
         ip(&["-n", c, "route", "add", "default", "via", NODE_CLIENT_IP]);
-        ip(&["-n", n, "addr", "add", &format!("{NODE_CLIENT_IP}/24"), "dev", NODE_CLIENT_IF]);
-        ip(&["-n", n, "addr", "add", &format!("{NODE_UPSTREAM_IP}/24"), "dev", "to-upstream"]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{NODE_CLIENT_IP}/24"),
+            "dev",
+            NODE_CLIENT_IF,
+        ]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{NODE_UPSTREAM_IP}/24"),
+            "dev",
+            "to-upstream",
+        ]);
         ip(&["-n", n, "link", "set", NODE_CLIENT_IF, "up"]);
         ip(&["-n", n, "link", "set", "to-upstream", "up"]);
-        ip(&["-n", u, "addr", "add", &format!("{UPSTREAM_IP}/24"), "dev", "eth0"]);
-        ip(&["-n", u, "addr", "add", &format!("{UPSTREAM_IP2}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            u,
+            "addr",
+            "add",
+            &format!("{UPSTREAM_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            u,
+            "addr",
+            "add",
+            &format!("{UPSTREAM_IP2}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", u, "link", "set", "eth0", "up"]);
         ip(&["-n", u, "route", "add", "default", "via", NODE_UPSTREAM_IP]);
         run_ok(

@@ -31,7 +31,14 @@ impl TestPki {
                 .current_dir(d)
                 .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
                 .args(["ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key"])
-                .args(["-out", "ca.pem", "-days", "30", "-subj", "/CN=tproxy test CA"])
+                .args([
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "30",
+                    "-subj",
+                    "/CN=tproxy test CA",
+                ])
                 .args(["-addext", "basicConstraints=critical,CA:TRUE"])
                 .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
                 .args(["-addext", "subjectKeyIdentifier=hash"]),

@@ -238,13 +238,13 @@ fn parse_listeners(stderr: &Lines) -> Vec<(String, SocketAddr)> {
     let lines = stderr.lock().expect("lock").clone();
     lines
         .iter()
-            .filter_map(|l| {
-                let c = re.captures(l)?;
-                // Tolerate quoting / trailing punctuation around the address.
-                let a = c[2].trim_matches(|ch: char| ch == '"' || ch == ',');
-                Some((c[1].to_owned(), a.parse().ok()?))
-            })
-            .collect()
+        .filter_map(|l| {
+            let c = re.captures(l)?;
+            // Tolerate quoting / trailing punctuation around the address.
+            let a = c[2].trim_matches(|ch: char| ch == '"' || ch == ',');
+            Some((c[1].to_owned(), a.parse().ok()?))
+        })
+        .collect()
 }
 
 impl Proxy {
@@ -303,7 +303,9 @@ impl Proxy {
     /// Waits (bounded) for a stdout line matching `re`; returns it.
     pub fn wait_for_stdout(&self, re: &str, timeout: Duration) -> Option<String> {
         let re = Regex::new(re).expect("regex");
-        wait_until(timeout, || self.flow_lines().into_iter().find(|l| re.is_match(l)))
+        wait_until(timeout, || {
+            self.flow_lines().into_iter().find(|l| re.is_match(l))
+        })
     }
 
     /// Waits (bounded) until `n` stdout lines match `re`; returns all matches.

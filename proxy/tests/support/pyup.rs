@@ -37,7 +37,13 @@ pub struct PyUpstream {
 impl PyUpstream {
     /// Starts `kind` on `host:port` (port 0 = ephemeral), with TLS from
     /// `pki`'s server cert when `tls` is given, inside `ns` when given.
-    pub fn start(kind: Kind, host: &str, port: u16, tls: Option<&TestPki>, ns: Option<&str>) -> Self {
+    pub fn start(
+        kind: Kind,
+        host: &str,
+        port: u16,
+        tls: Option<&TestPki>,
+        ns: Option<&str>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tproxy-pyup")
             .tempdir()
