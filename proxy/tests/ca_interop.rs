@@ -2,6 +2,9 @@
 //! is used as is; `tproxy ca init` (RSA and ECDSA) creates a CA that curl,
 //! Python's ssl and openssl accept, and that mitmproxy itself loads;
 //! `tproxy ca show` prints subject and fingerprint.
+// Helpers here are test code too: a failed unwrap is a test failure with a
+// location (.clippy.toml allows unwrap in #[test] fns only).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -1,5 +1,8 @@
 //! Passthrough of ignored hosts, error answers (400 smuggling, 502 refused,
 //! 502 untrusted upstream, 504 connect timeout) and graceful shutdown.
+// Helpers here are test code too: a failed unwrap is a test failure with a
+// location (.clippy.toml allows unwrap in #[test] fns only).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

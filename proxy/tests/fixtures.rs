@@ -2,6 +2,9 @@
 //! verifies, nginx answers over HTTP/HTTPS/h2, the Python upstreams and the
 //! raw WebSocket client work, the namespace topology routes and redirects,
 //! and the process guard captures and stops what it spawns.
+// Helpers here are test code too: a failed unwrap is a test failure with a
+// location (.clippy.toml allows unwrap in #[test] fns only).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -1,6 +1,9 @@
 //! WebSocket echo through the proxy with a raw-socket client (wsclient.py):
 //! absolute-form upgrade, plain ws inside CONNECT, and wss through an
 //! intercepted CONNECT. The server is the `websockets` library.
+// Helpers here are test code too: a failed unwrap is a test failure with a
+// location (.clippy.toml allows unwrap in #[test] fns only).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

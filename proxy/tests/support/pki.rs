@@ -118,10 +118,10 @@ pub fn pem_certs(text: &str) -> Vec<String> {
             c.push_str(line);
             c.push('\n');
         }
-        if line.starts_with("-----END CERTIFICATE-----") {
-            if let Some(c) = cur.take() {
-                out.push(c);
-            }
+        if line.starts_with("-----END CERTIFICATE-----")
+            && let Some(c) = cur.take()
+        {
+            out.push(c);
         }
     }
     out

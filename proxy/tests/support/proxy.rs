@@ -111,9 +111,12 @@ impl ProxyBuilder {
             self.modes
         };
         let admin = self.admin.unwrap_or_else(|| "127.0.0.1:0".to_owned());
+        // TPROXY_TEST_PROXY_BIN: run the tests against another implementation
+        // of the CLI (e.g. a mitmdump wrapper, to check the tests themselves).
         let prog = self
             .program
             .clone()
+            .or_else(|| std::env::var_os("TPROXY_TEST_PROXY_BIN").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(tproxy_bin()));
         let mut cmd = match &self.netns {
             Some(ns) => {
