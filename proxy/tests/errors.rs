@@ -225,7 +225,13 @@ fn upstream_connect_timeout_gives_504() {
         .spawn();
     let r = curl_in(
         Some(topo.node.as_str()),
-        &["-x", &p.proxy_url(), &format!("http://{UPSTREAM_IP}:81/")],
+        &[
+            "--max-time",
+            "20",
+            "-x",
+            &p.proxy_url(),
+            &format!("http://{UPSTREAM_IP}:81/"),
+        ],
     );
     assert_eq!(r.status, 504, "{r:?}\n{}", p.dump());
     let body = r.text().to_lowercase();
