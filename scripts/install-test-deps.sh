@@ -35,6 +35,7 @@ pkill -x nginx >/dev/null 2>&1 || true
 # Python packages: mitmproxy (CA interop, peer in benchmarks), grpcio (gRPC
 # through the proxy), kubernetes-validate (manifests).
 py_pkgs=(mitmproxy grpcio grpcio-tools kubernetes-validate)
+py_pkgs+=(websockets) # WebSocket echo upstream of proxy/tests (itests)
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
