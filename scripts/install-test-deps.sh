@@ -28,9 +28,12 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 fi
-# Debian starts nginx on install; tests run their own instances.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
-pkill -x nginx >/dev/null 2>&1 || true
+# Debian starts its nginx service on install; the tests run their own
+# instances on ephemeral ports, so the service is only stopped (never a
+# blanket pkill: that would kill nginx instances of tests running now).
+if ((${#need[@]})) && [ "$(id -u)" -eq 0 ]; then
+  service nginx stop >/dev/null 2>&1 || true
+fi
 
 # Python packages: mitmproxy (CA interop, peer in benchmarks), grpcio (gRPC
 # through the proxy), kubernetes-validate (manifests).

@@ -203,7 +203,7 @@ async fn serve_transparent(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
             worker,
             &ctx,
             format!(
-                "refused: destination {dst} is this proxy's own listener (connection was not redirected)"
+                "refused by the loop guard: destination {dst} is this proxy's own listener (the connection was not redirected)"
             ),
         );
         return;
@@ -243,7 +243,7 @@ async fn intercept_tls(
         tls: Some(upstream_sni),
         ..dest
     };
-    let pre = match upstream::get(worker, &target).await {
+    let pre = match upstream::get(worker, &target, ctx.client).await {
         Ok((c, t)) => Preconnected::Conn(c, t),
         Err(e) => Preconnected::Failed(e),
     };

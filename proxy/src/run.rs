@@ -139,7 +139,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             .name("tproxy-admin".into())
             .spawn(move || crate::admin::run(listener, shared))
             .map_err(|e| StartError::Other(format!("cannot spawn admin thread: {e}")))?;
-        tracing::info!(mode = "admin", %addr, "listening");
+        tracing::info!(mode = %"admin", %addr, "listening");
     }
     for (mode, addr) in &bound {
         tracing::info!(%mode, %addr, "listening");

@@ -75,6 +75,8 @@ pub struct UpstreamConn {
     pub addr: SocketAddr,
     /// Set when this connection came from the pool.
     pub reused: bool,
+    /// The client that used it last (flow-log attribution of its close).
+    pub last_client: SocketAddr,
 }
 
 /// Phase durations of opening a connection.
@@ -96,38 +98,62 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DNS_TTL: Duration = Duration::from_secs(30);
 
 impl Pool {
-    /// A usable idle connection to `target`, if any.
-    pub fn take(&mut self, target: &Target) -> Option<UpstreamConn> {
+    /// A usable idle connection to `target`, if any. Connections found dead
+    /// (closed by the server, expired) are moved to `closed`.
+    pub fn take(
+        &mut self,
+        target: &Target,
+        closed: &mut Vec<UpstreamConn>,
+    ) -> Option<UpstreamConn> {
         let list = self.idle.get_mut(target)?;
         while let Some((mut conn, since)) = list.pop() {
             if since.elapsed() < POOL_IDLE_TIMEOUT && idle_socket_usable(conn.io.tcp()) {
                 conn.reused = true;
                 return Some(conn);
             }
+            closed.push(conn);
         }
         None
     }
 
-    /// Return a connection after a complete exchange.
-    pub fn put(&mut self, conn: UpstreamConn) {
+    /// Keep a connection for reuse after a complete exchange; returns it
+    /// when the pool for its target is full (the caller closes it).
+    pub fn put(&mut self, conn: UpstreamConn) -> Option<UpstreamConn> {
         let list = self.idle.entry(conn.target.clone()).or_default();
         if list.len() < MAX_IDLE_PER_TARGET {
             list.push((conn, Instant::now()));
+            None
+        } else {
+            Some(conn)
         }
     }
 
-    /// Drop idle connections past their timeout (called periodically).
-    pub fn sweep(&mut self) {
-        self.idle.retain(|_, list| {
-            list.retain(|(_, since)| since.elapsed() < POOL_IDLE_TIMEOUT);
-            !list.is_empty()
-        });
+    /// Remove idle connections past their timeout or closed by the server
+    /// (called periodically); returns them.
+    pub fn sweep(&mut self) -> Vec<UpstreamConn> {
+        let mut closed = Vec::new();
+        for list in self.idle.values_mut() {
+            let mut keep = Vec::with_capacity(list.len());
+            for (conn, since) in list.drain(..) {
+                if since.elapsed() < POOL_IDLE_TIMEOUT && idle_socket_usable(conn.io.tcp()) {
+                    keep.push((conn, since));
+                } else {
+                    closed.push(conn);
+                }
+            }
+            *list = keep;
+        }
+        self.idle.retain(|_, list| !list.is_empty());
         self.dns.retain(|_, (_, at)| at.elapsed() < DNS_TTL);
+        closed
     }
 
-    /// Close everything idle (shutdown).
-    pub fn clear(&mut self) {
-        self.idle.clear();
+    /// Remove every idle connection (shutdown); returns them.
+    pub fn clear(&mut self) -> Vec<UpstreamConn> {
+        self.idle
+            .drain()
+            .flat_map(|(_, l)| l.into_iter().map(|(c, _)| c))
+            .collect()
     }
 }
 
@@ -183,12 +209,17 @@ pub async fn resolve(
 pub async fn get(
     worker: &Worker,
     target: &Target,
+    client: SocketAddr,
 ) -> Result<(UpstreamConn, ConnectTimings), UpstreamError> {
-    if let Some(conn) = worker.pool.borrow_mut().take(target) {
+    let mut closed = Vec::new();
+    let pooled = worker.pool.borrow_mut().take(target, &mut closed);
+    worker.closed_upstreams(closed);
+    if let Some(mut conn) = pooled {
         worker.shared.metrics.pool_reuse.inc();
+        conn.last_client = client;
         return Ok((conn, ConnectTimings::default()));
     }
-    connect(worker, target).await
+    connect(worker, target, client).await
 }
 
 /// Open a TCP connection to `target` (resolving its host if needed), with
@@ -234,6 +265,7 @@ pub async fn connect_tcp(
 pub async fn connect(
     worker: &Worker,
     target: &Target,
+    client: SocketAddr,
 ) -> Result<(UpstreamConn, ConnectTimings), UpstreamError> {
     let shared = &worker.shared;
     let authority = target.authority();
@@ -291,6 +323,7 @@ pub async fn connect(
             target: target.clone(),
             addr,
             reused: false,
+            last_client: client,
         },
         timings,
     ))

@@ -72,6 +72,28 @@ pub struct Worker {
     pub pool: RefCell<Pool>,
 }
 
+impl Worker {
+    /// Return an upstream connection to the pool (or close it if full).
+    pub fn release_upstream(&self, conn: crate::upstream::UpstreamConn) {
+        let rejected = self.pool.borrow_mut().put(conn);
+        self.closed_upstreams(rejected);
+    }
+
+    /// Log the close of upstream connections being dropped.
+    pub fn closed_upstreams(&self, conns: impl IntoIterator<Item = crate::upstream::UpstreamConn>) {
+        for c in conns {
+            self.shared.flowlog.conn_event(crate::flowlog::ConnEvent {
+                at: std::time::SystemTime::now(),
+                client: c.last_client,
+                kind: crate::flowlog::ConnEventKind::ServerDisconnect {
+                    authority: c.target.authority(),
+                    addr: c.addr,
+                },
+            });
+        }
+    }
+}
+
 /// Which I/O driver a runtime got.
 pub fn driver_name<L, R>(rt: &monoio::FusionRuntime<L, R>) -> &'static str {
     match rt {
@@ -93,7 +115,7 @@ pub fn run(
         .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
         .build()?;
     let driver = driver_name(&rt);
-    tracing::info!(worker = id, driver, "worker started");
+    tracing::info!(worker = id, driver = %driver, "worker started");
     shared
         .metrics
         .workers
@@ -116,8 +138,9 @@ pub fn run(
         while !shared.shutting_down() {
             monoio::time::sleep(Duration::from_millis(100)).await;
             ticks += 1;
-            if ticks % 50 == 0 {
-                worker.pool.borrow_mut().sweep();
+            if ticks % 10 == 0 {
+                let closed = worker.pool.borrow_mut().sweep();
+                worker.closed_upstreams(closed);
             }
         }
         for t in accept_tasks {
@@ -129,7 +152,8 @@ pub fn run(
         while shared.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
-        worker.pool.borrow_mut().clear();
+        let closed = worker.pool.borrow_mut().clear();
+        worker.closed_upstreams(closed);
         Ok(())
     })
 }

@@ -159,9 +159,9 @@ pub async fn serve(
             Some(c) if c.target == route.target => Ok((c, pre_timings.take().unwrap_or_default())),
             other => {
                 if let Some(old) = other {
-                    worker.pool.borrow_mut().put(old);
+                    worker.release_upstream(old);
                 }
-                match upstream::get(worker, &route.target).await {
+                match upstream::get(worker, &route.target, ctx.client).await {
                     Ok((c, t)) => {
                         if !c.reused {
                             log_server_connect(worker, ctx, &c);
@@ -198,9 +198,9 @@ pub async fn serve(
         shared.flowlog.http(flow);
         match outcome {
             Outcome::KeepAlive => current = Some(conn),
-            Outcome::CloseUpstream => log_server_disconnect(worker, ctx, &conn),
+            Outcome::CloseUpstream => worker.closed_upstreams([conn]),
             Outcome::CloseBoth => {
-                log_server_disconnect(worker, ctx, &conn);
+                worker.closed_upstreams([conn]);
                 break;
             }
             Outcome::CloseClient => {
@@ -210,7 +210,7 @@ pub async fn serve(
         }
     }
     if let Some(c) = current {
-        worker.pool.borrow_mut().put(c);
+        worker.release_upstream(c);
     }
     let _ = client.shutdown().await;
     Exit::Done
@@ -541,17 +541,6 @@ fn log_server_connect(worker: &Worker, ctx: &ConnCtx, c: &UpstreamConn) {
         at: SystemTime::now(),
         client: ctx.client,
         kind: ConnEventKind::ServerConnect {
-            authority: c.target.authority(),
-            addr: c.addr,
-        },
-    });
-}
-
-fn log_server_disconnect(worker: &Worker, ctx: &ConnCtx, c: &UpstreamConn) {
-    worker.shared.flowlog.conn_event(ConnEvent {
-        at: SystemTime::now(),
-        client: ctx.client,
-        kind: ConnEventKind::ServerDisconnect {
             authority: c.target.authority(),
             addr: c.addr,
         },

@@ -179,7 +179,7 @@ impl CertificateAuthority {
 
         let generate = |reason: String| CaError::Generate { reason };
         let (key, pkcs8) = generate_key(kind).map_err(generate)?;
-        let params = ca_params(OffsetDateTime::now_utc()).map_err(generate)?;
+        let params = ca_params(OffsetDateTime::now_utc(), &key).map_err(generate)?;
         let cert = params
             .self_signed(&key)
             .map_err(|e| generate(format!("signing the CA certificate: {e}")))?;
@@ -422,8 +422,17 @@ fn generate_key(kind: KeyKind) -> Result<(KeyPair, Vec<u8>), String> {
 }
 
 /// Parameters of a new CA certificate, mirroring mitmproxy's `create_ca`.
-fn ca_params(now: OffsetDateTime) -> Result<CertificateParams, String> {
+fn ca_params(now: OffsetDateTime, key: &KeyPair) -> Result<CertificateParams, String> {
     let mut params = CertificateParams::default();
+    // SubjectKeyIdentifier = SHA-1 of the public key (RFC 5280 §4.2.1.2
+    // method 1): what mitmproxy (python cryptography) puts in the
+    // AuthorityKeyIdentifier of the leaves it mints, so OpenSSL can chain
+    // mitmproxy-minted leaves to a tproxy-created CA.
+    let ski = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &key.public_key_raw(),
+    );
+    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(ski.as_ref().to_vec());
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_NAME);
     dn.push(DnType::OrganizationName, CA_NAME);
