@@ -4,6 +4,10 @@
 //! Regenerate after an intended change with `PODWATCH_REGEN_GOLDEN=1 cargo test
 //! -p tproxy-podwatch --test golden` and review the diff.
 
+// Helpers outside #[test] functions unwrap too: in a test a panic with a
+// location is the failure report we want.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use tproxy_podwatch::cli::pods_from_file;

@@ -11,6 +11,10 @@
 //! Both pods share the pod namespace and pick their source address with bind().
 //! Needs root (CI runs as root); skips with a message only when not root and CI unset.
 
+// Helpers outside #[test] functions unwrap too: in a test a panic with a
+// location is the failure report we want.
+#![allow(clippy::unwrap_used)]
+
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

@@ -4,6 +4,10 @@
 //! resume version, re-list after 410 Gone), and after each answer waits for the
 //! rule set handed to the applier and the pod directory on disk to converge.
 
+// Helpers outside #[test] functions unwrap too: in a test a panic with a
+// location is the failure report we want.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
