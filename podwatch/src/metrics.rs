@@ -12,7 +12,7 @@ pub struct Metrics {
     pub reconciles: IntCounter,
     /// Reconcile failures by `stage` (`apply`, `directory`).
     pub reconcile_errors: IntCounterVec,
-    /// Watch restarts (re-lists after the first) and watch errors.
+    /// Re-lists of a watch stream after its first list (410 Gone, lost watch).
     pub watch_restarts: IntCounter,
     /// Errors reported by the watch streams.
     pub watch_errors: IntCounter,
@@ -102,5 +102,60 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition passes Prometheus' own linter (`promtool check metrics`).
+    #[test]
+    fn exposition_passes_promtool() {
+        let m = Metrics::new().unwrap();
+        m.reconciles.inc();
+        m.reconcile_errors.with_label_values(&["apply"]).inc();
+        m.rules.with_label_values(&["ipv4"]).set(3);
+        m.last_success.set(1_700_000_000);
+        let text = m.encode();
+        for name in [
+            "tproxy_podwatch_rules{family=\"ipv4\"} 3",
+            "tproxy_podwatch_reconciles_total 1",
+            "tproxy_podwatch_reconcile_errors_total{stage=\"apply\"} 1",
+            "tproxy_podwatch_reconcile_errors_total{stage=\"directory\"} 0",
+            "tproxy_podwatch_watch_restarts_total 0",
+            "tproxy_podwatch_directory_pods 0",
+            "tproxy_podwatch_last_reconcile_timestamp_seconds 1700000000",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+        let child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("exposition_passes_promtool: promtool not run ({e}); install prometheus");
+                return;
+            }
+            Err(e) => panic!("promtool needed in CI (scripts/install-test-deps.sh): {e}"),
+        };
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

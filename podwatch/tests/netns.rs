@@ -469,7 +469,7 @@ fn scenario(backend: &str) {
     }
 
     // The web pod is deleted: its rule goes, its traffic reaches the upstream.
-    podwatch_once(&t, &work, backend, &[worker.clone()], &[]);
+    podwatch_once(&t, &work, backend, std::slice::from_ref(&worker), &[]);
     assert_eq!(connect(&t, &l, WEB_IPS[0], up(80, false)), Landed::Upstream);
     assert_eq!(connect(&t, &l, WEB_IPS[1], up(443, true)), Landed::Upstream);
     let rules = owned_rules(&t, backend);

@@ -153,6 +153,21 @@ async fn converged(rec: &Recorder, dir: &Path, rules: &[&str], dir_ips: &[&str])
     panic!("did not converge: want rules {want_rules:?} dir {want_dir:?}, have {last:?}");
 }
 
+fn reconciler(dir: &Path, rec: &Recorder, metrics: &Metrics) -> Reconciler {
+    Reconciler::new(
+        Settings {
+            proxy_port: 1080,
+            ports: vec![80, 443],
+            ipv6: true,
+            directory_labels: vec!["app".into()],
+        },
+        "node-a".into(),
+        dir.to_path_buf(),
+        Box::new(rec.clone()),
+        metrics.clone(),
+    )
+}
+
 #[tokio::test]
 async fn watcher_drives_rules_and_directory() {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -161,18 +176,7 @@ async fn watcher_drives_rules_and_directory() {
     let dir = PathBuf::from(tmp.path()).join("pods.json");
     let rec = Recorder::default();
     let metrics = Metrics::new().unwrap();
-    let reconciler = Reconciler::new(
-        Settings {
-            proxy_port: 1080,
-            ports: vec![80, 443],
-            ipv6: true,
-            directory_labels: vec!["app".into()],
-        },
-        "node-a".into(),
-        dir.clone(),
-        Box::new(rec.clone()),
-        metrics.clone(),
-    );
+    let reconciler = reconciler(&dir, &rec, &metrics);
     let cfg = WatchConfig {
         node: "node-a".into(),
         namespaces: vec![],
@@ -280,4 +284,106 @@ async fn watcher_drives_rules_and_directory() {
         .expect("agent stops on shutdown")
         .unwrap()
         .unwrap();
+}
+
+/// `--namespaces a,b`: one watch per namespace, nothing applied until both have
+/// listed (a partial pod set would drop the other namespace's rules), then the
+/// union; the periodic resync re-applies without any pod change.
+#[tokio::test]
+async fn namespace_list_waits_for_every_stream_and_resyncs() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = PathBuf::from(tmp.path()).join("pods.json");
+    let rec = Recorder::default();
+    let metrics = Metrics::new().unwrap();
+    let cfg = WatchConfig {
+        node: "node-a".into(),
+        namespaces: vec!["a".into(), "b".into()],
+        debounce: Duration::from_millis(20),
+        resync: Duration::from_millis(300),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(watch::run(
+        client,
+        cfg,
+        reconciler(&dir, &rec, &metrics),
+        metrics.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+        |_| {},
+    ));
+    // Both namespaces list concurrently; answer one, check nothing is applied,
+    // then the other. Watches (resuming from "5") are held open.
+    let mut pending = Vec::new();
+    let mut seen = BTreeSet::new();
+    for _ in 0..8 {
+        if seen.len() == 2 && pending.len() == 2 {
+            break;
+        }
+        let (req, send) = tokio::time::timeout(Duration::from_secs(20), handle.next_request())
+            .await
+            .expect("kube sent the next request")
+            .expect("service still alive");
+        let q = query(&req);
+        assert_eq!(
+            param(&q, "fieldSelector"),
+            Some("spec.nodeName=node-a"),
+            "{q}"
+        );
+        if param(&q, "watch") == Some("true") {
+            assert_eq!(param(&q, "resourceVersion"), Some("5"), "{q}");
+            pending.push(send);
+            continue;
+        }
+        let path = req.uri().path().to_owned();
+        let ns = path
+            .strip_prefix("/api/v1/namespaces/")
+            .and_then(|p| p.strip_suffix("/pods"))
+            .unwrap_or_else(|| panic!("namespaced list expected, got {path}"))
+            .to_owned();
+        let (name, ip) = if ns == "a" {
+            ("pa", "198.18.1.2")
+        } else {
+            ("pb", "198.18.1.3")
+        };
+        let mut p = pod(name, "5", ip, true);
+        p["metadata"]["namespace"] = json!(ns);
+        respond(send, pod_list("5", &[p]));
+        seen.insert(ns);
+        if seen.len() == 1 {
+            // Give the agent time to (wrongly) reconcile the partial set.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                rec.0.lock().unwrap().is_empty(),
+                "reconciled before every namespace listed"
+            );
+        }
+    }
+    assert_eq!(seen, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    converged(
+        &rec,
+        &dir,
+        &["198.18.1.2", "198.18.1.3"],
+        &["198.18.1.2", "198.18.1.3"],
+    )
+    .await;
+    let applied = rec.0.lock().unwrap().len();
+    let mut resynced = false;
+    for _ in 0..100 {
+        if rec.0.lock().unwrap().len() >= applied + 2 {
+            resynced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resynced, "periodic resync re-applies without changes");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("agent stops on shutdown")
+        .unwrap()
+        .unwrap();
+    drop(pending);
 }
