@@ -151,6 +151,14 @@ impl Args {
         if self.namespaces.iter().any(|n| n.trim().is_empty()) {
             return bad("--namespaces has an empty entry".into());
         }
+        if self.namespaces.len() > 1 {
+            let mut unique = self.namespaces.clone();
+            unique.sort();
+            unique.dedup();
+            if unique.len() != self.namespaces.len() {
+                return bad("--namespaces lists a namespace twice".into());
+            }
+        }
         Ok(Settings {
             proxy_port: self.proxy_port,
             ports: self.ports.clone(),

@@ -374,6 +374,8 @@ fn inject_stale_rule(t: &Topology, backend: &str) {
             };
             t.node.exec(&[
                 &format!("iptables-{v}"),
+                "-w",
+                "5",
                 "-t",
                 "nat",
                 "-A",
