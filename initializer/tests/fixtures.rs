@@ -3,6 +3,9 @@
 //! `kubernetes-validate --strict`, carry the injection, and a second review
 //! gives no patch.
 
+// Helpers outside #[test] fns unwrap too: a panic is the test failure we want.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -440,4 +443,22 @@ fn bad_input_is_400_with_one_line() {
         assert!(text.contains(want), "{want}: {text}");
         assert_eq!(text.trim_end().lines().count(), 1, "{text}");
     }
+}
+
+/// The validation harness itself must be able to fail: an unknown field and
+/// a removed API version are both rejected.
+#[test]
+fn kubernetes_validate_harness_rejects_bad_objects() {
+    let mut pod = fixture("pod-create.json")["request"]["object"].clone();
+    pod["spec"]["containers"][0]["bogus"] = Value::from(1);
+    let result = std::panic::catch_unwind(|| kubernetes_validate(&[("bad-pod", &pod)]));
+    assert!(result.is_err(), "unknown field passed validation");
+
+    let mut cj = fixture("cronjob-create-dryrun.json")["request"]["object"].clone();
+    cj["apiVersion"] = Value::from("batch/v1beta1");
+    let result = std::panic::catch_unwind(|| kubernetes_validate(&[("old-cronjob", &cj)]));
+    assert!(
+        result.is_err(),
+        "removed API version passed validation (warning ignored)"
+    );
 }

@@ -2,6 +2,9 @@
 //! as the client. Reviews, bad bodies, health and metrics, and a serving
 //! certificate swapped on disk the way a Secret volume updates.
 
+// Helpers outside #[test] fns unwrap too: a panic is the test failure we want.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
