@@ -24,6 +24,8 @@ use crate::review::{self, AdmissionResponse, ReviewError};
 pub const MAX_BODY: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections may take to finish after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The webhook's state: validated config, marker, metrics.
 #[derive(Debug)]
@@ -205,7 +207,8 @@ fn to_response(reply: Reply) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Accepts TLS connections until `shutdown` completes.
+/// Accepts TLS connections until `shutdown` completes, then lets open
+/// connections finish their current request (at most [`DRAIN_TIMEOUT`]).
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -213,7 +216,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -223,38 +229,76 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => {
-                tracing::info!("shutting down");
+            () = &mut shutdown => break,
+        };
+        conns.spawn(connection(
+            tcp,
+            peer,
+            acceptor.clone(),
+            Arc::clone(&webhook),
+            drain_rx.clone(),
+        ));
+    }
+    tracing::info!(open_connections = conns.len(), "shutting down");
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open_connections = conns.len(),
+            "drain timed out, closing connections"
+        );
+    }
+}
+
+/// One client connection: TLS handshake, then HTTP/1.1 until the peer closes
+/// or the server drains.
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    webhook: Arc<Webhook>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            webhook.metrics.tls_handshake_errors.inc();
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            webhook.metrics.tls_handshake_errors.inc();
+            tracing::debug!(peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let svc = service_fn(|req| {
+        let webhook = Arc::clone(&webhook);
+        async move { Ok::<_, Infallible>(to_response(webhook.route(req).await)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
                 return;
             }
-        };
-        let acceptor = acceptor.clone();
-        let webhook = Arc::clone(&webhook);
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    webhook.metrics.tls_handshake_errors.inc();
-                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    webhook.metrics.tls_handshake_errors.inc();
-                    tracing::debug!(peer = %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = service_fn(|req| {
-                let webhook = Arc::clone(&webhook);
-                async move { Ok::<_, Infallible>(to_response(webhook.route(req).await)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            _ = drain.wait_for(|d| *d), if !draining => {
+                // Finish the request in flight, then close.
+                conn.as_mut().graceful_shutdown();
+                draining = true;
             }
-        });
+        }
     }
 }

@@ -367,6 +367,31 @@ fn https_reviews_errors_metrics_and_cert_reload() {
         curl(&server, &ca2_path, "GET", "/healthz", None).unwrap().0,
         200
     );
+
+    // SIGTERM: stop accepting, drain, exit 0.
+    let mut server = server;
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    // The reader thread may still be draining the closed pipe.
+    while !server.log.lock().unwrap().contains("shutting down") {
+        assert!(Instant::now() < deadline, "no shutdown log line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
