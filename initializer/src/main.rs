@@ -1,5 +1,6 @@
 //! `tproxy-initializer` binary: flags, logging, start-up checks, serving.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,7 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, env = "TPROXY_INITIALIZER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Validate the config, print the effective injection as JSON and exit.
+    /// Validate the config, print the marker and the effective injection as JSON, exit.
     #[arg(long)]
     print_config: bool,
 }
@@ -97,9 +98,10 @@ fn run(cli: Cli) -> Result<(), String> {
         cfg.exclude_namespace(ns);
     }
     if cli.print_config {
-        let json = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
-        println!("{json}");
-        println!("marker: {}", cfg.marker());
+        let out = serde_json::json!({"marker": cfg.marker(), "injection": cfg});
+        let json = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+        // A closed stdout (e.g. `| head`) is not worth a panic.
+        let _ = writeln!(std::io::stdout().lock(), "{json}");
         return Ok(());
     }
     let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) else {

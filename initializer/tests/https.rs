@@ -428,10 +428,19 @@ fn bad_config_fails_at_start_with_a_clear_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(printed["marker"].as_str().unwrap().starts_with("0.1.0-"));
+    let inj = &printed["injection"];
+    assert_eq!(
+        inj["initContainers"][0]["image"],
+        "registry.local/tproxy-sidecar:1.2"
+    );
     assert!(
-        text.contains("registry.local/tproxy-sidecar:1.2") && text.contains("https_proxy"),
-        "{text}"
+        inj["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "https_proxy")
     );
 
     // Missing cert files: exit 1 naming the file.
