@@ -37,8 +37,19 @@ const BOUND: Duration = Duration::from_secs(60);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Holds the file-wide lock; on drop closes the pipes this test thread pooled
+/// (before the lock is released, so a later fd count does not race with this
+/// thread's exit closing them).
+struct Serial(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        drain_pipe_pool();
+    }
+}
+
+fn serial() -> Serial {
+    Serial(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -303,6 +314,8 @@ fn surviving_peer(mut s: std::net::TcpStream, streaming: bool) -> u64 {
     let mut w = s.try_clone().unwrap();
     let writer = thread::spawn(move || {
         if !streaming {
+            // A hello that proves the relay is up, then silence.
+            let _ = w.write_all(&[0x17; HELLO]);
             return;
         }
         let pat = pattern(5);
@@ -327,20 +340,23 @@ fn surviving_peer(mut s: std::net::TcpStream, streaming: bool) -> u64 {
             }
         }
     }
-    // The writer ends on the relay's close (EPIPE/ECONNRESET) or after 200 MiB.
+    // The writer ends on the relay's reset (EPIPE/ECONNRESET) or after 200 MiB.
     writer.join().unwrap();
     total
 }
 
-/// The resetting side: sends 64 KiB, (when the other side streams) reads
-/// 64 KiB so the reset lands mid-stream, then closes with SO_LINGER 0 (RST).
+/// What a quiet surviving peer sends before going silent.
+const HELLO: usize = 1024;
+
+/// The resetting side: sends 64 KiB, reads 64 KiB from a streaming peer (or
+/// the quiet peer's hello) so the reset lands mid-stream on an established
+/// relay, then closes with SO_LINGER 0 (RST).
 fn resetting_peer(mut s: std::net::TcpStream, other_streams: bool) -> u64 {
     bounded(&s);
     let mut buf = vec![0x42u8; 64 * 1024];
     s.write_all(&buf).unwrap();
-    if other_streams {
-        s.read_exact(&mut buf).unwrap();
-    }
+    let expect = if other_streams { buf.len() } else { HELLO };
+    s.read_exact(&mut buf[..expect]).unwrap();
     reset(s);
     0
 }

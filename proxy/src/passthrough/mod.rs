@@ -12,7 +12,8 @@
 //! `shutdown(Write)` and the opposite direction keeps flowing until its own
 //! EOF. An error in either direction (a peer reset, a write to a closed peer)
 //! or the idle timeout aborts both: `shutdown(RDWR)` on both sockets wakes the
-//! other direction wherever it waits, it finishes, and the streams are closed.
+//! other direction wherever it waits, it finishes, and the streams are closed
+//! (after an error with `SO_LINGER 0`: the surviving peer gets a reset too).
 //! The first error is the one reported; the relay never panics and never
 //! waits for a direction that can no longer make progress.
 //!
@@ -277,7 +278,13 @@ impl Shared {
     }
 
     /// Record the first error and abort both directions.
+    ///
+    /// After a failure (not an idle timeout) both sockets also get
+    /// `SO_LINGER 0`, so closing them sends RST: the surviving peer learns of
+    /// the reset at once instead of, when it is blocked writing into a full
+    /// window, only at its next zero-window probe (up to ~2 minutes later).
     fn fail(&self, err: RelayError) {
+        let reset = !matches!(err, RelayError::Idle(_));
         {
             let mut slot = self.error.borrow_mut();
             if slot.is_none() {
@@ -285,6 +292,23 @@ impl Shared {
             }
         }
         for fd in self.fds {
+            if reset {
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: `linger` is a valid, initialised struct whose exact
+                // size is passed; the fd is open (see below). Failure is moot.
+                unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    )
+                };
+            }
             // Wakes every readiness wait and pending op on both sockets: reads
             // then see EOF, writes EPIPE, and both directions end.
             // SAFETY: the fds belong to streams that outlive this relay state;
