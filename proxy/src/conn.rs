@@ -17,6 +17,7 @@ use crate::metrics::ConnKind;
 use crate::net::origdst;
 use crate::net::rewind::Rewind;
 use crate::net::stream::{ClientIo, Tcp};
+use crate::passthrough::{RelayOptions, relay_with};
 use crate::tls::certcache::{LeafName, Outcome};
 use crate::upstream::{self, Target};
 use crate::worker::Worker;
@@ -244,7 +245,7 @@ async fn intercept_tls(
         ..dest
     };
     let pre = match upstream::get(worker, &target, ctx.client).await {
-        Ok((c, t)) => Preconnected::Conn(c, t),
+        Ok((c, t)) => Preconnected::Conn(Box::new(c), t),
         Err(e) => Preconnected::Failed(e),
     };
     let leaf_name = match (&hello.sni, &target.addr) {
@@ -362,15 +363,18 @@ async fn passthrough(
             res.map_err(|e| format!("writing to {addr}: {e}"))?;
             flow.client_to_server = len;
         }
-        crate::passthrough::relay(client, server, shared.cfg.relay_mode)
-            .await
-            .map_err(|e| e.to_string())
+        let opts = RelayOptions {
+            mode: shared.cfg.relay_mode,
+            idle_timeout: Some(shared.cfg.idle_timeout),
+        };
+        Ok(relay_with(client, server, opts).await)
     }
     .await;
     match result {
-        Ok(stats) => {
-            flow.client_to_server += stats.client_to_server;
-            flow.server_to_client = stats.server_to_client;
+        Ok(out) => {
+            flow.client_to_server += out.stats.client_to_server;
+            flow.server_to_client = out.stats.server_to_client;
+            flow.error = out.error.map(|e| e.to_string());
         }
         Err(e) => flow.error = Some(e),
     }

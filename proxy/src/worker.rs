@@ -138,7 +138,7 @@ pub fn run(
         while !shared.shutting_down() {
             monoio::time::sleep(Duration::from_millis(100)).await;
             ticks += 1;
-            if ticks % 10 == 0 {
+            if ticks.is_multiple_of(10) {
                 let closed = worker.pool.borrow_mut().sweep();
                 worker.closed_upstreams(closed);
             }
@@ -154,6 +154,7 @@ pub fn run(
         }
         let closed = worker.pool.borrow_mut().clear();
         worker.closed_upstreams(closed);
+        crate::passthrough::drain_pipe_pool();
         Ok(())
     })
 }

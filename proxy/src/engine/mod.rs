@@ -52,7 +52,7 @@ pub enum Exit {
 #[derive(Debug)]
 pub enum Preconnected {
     None,
-    Conn(UpstreamConn, upstream::ConnectTimings),
+    Conn(Box<UpstreamConn>, upstream::ConnectTimings),
     Failed(UpstreamError),
 }
 
@@ -74,7 +74,7 @@ pub async fn serve(
         Preconnected::None => {}
         Preconnected::Conn(c, t) => {
             log_server_connect(worker, ctx, &c);
-            current = Some(c);
+            current = Some(*c);
             pre_timings = Some(t);
         }
         Preconnected::Failed(e) => pre_error = Some(e),

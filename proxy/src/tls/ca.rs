@@ -430,7 +430,7 @@ fn ca_params(now: OffsetDateTime, key: &KeyPair) -> Result<CertificateParams, St
     // mitmproxy-minted leaves to a tproxy-created CA.
     let ski = ring::digest::digest(
         &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        &key.public_key_raw(),
+        key.public_key_raw(),
     );
     params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(ski.as_ref().to_vec());
     let mut dn = DistinguishedName::new();
