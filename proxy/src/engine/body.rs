@@ -74,52 +74,12 @@ where
 {
     let n = match kind {
         BodyKind::Empty => 0,
-        BodyKind::Length(len) => relay_length(src, pending, dst, len, cap).await?,
+        BodyKind::Length(len) => relay_raw(src, pending, dst, Some(len), cap).await?,
         BodyKind::Chunked => relay_chunked(src, pending, dst, dechunk, cap).await?,
-        BodyKind::UntilClose => relay_until_close(src, pending, dst, cap).await?,
+        BodyKind::UntilClose => relay_raw(src, pending, dst, None, cap).await?,
     };
     dst.flush().await.map_err(BodyError::Write)?;
     Ok(n)
-}
-
-async fn relay_length<R, W>(
-    src: &mut R,
-    pending: &mut Vec<u8>,
-    dst: &mut W,
-    len: u64,
-    cap: &mut Capture,
-) -> Result<u64, BodyError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut left = len;
-    let take = pending
-        .len()
-        .min(usize::try_from(left).unwrap_or(usize::MAX));
-    if take > 0 {
-        cap.push(&pending[..take]);
-        dst.write_all(&pending[..take])
-            .await
-            .map_err(BodyError::Write)?;
-        pending.drain(..take);
-        left -= take as u64;
-    }
-    if left == 0 {
-        return Ok(len);
-    }
-    let mut buf = vec![0u8; CHUNK.min(usize::try_from(left).unwrap_or(CHUNK))];
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = src.read(&mut buf[..want]).await.map_err(BodyError::Read)?;
-        if n == 0 {
-            return Err(BodyError::Eof);
-        }
-        cap.push(&buf[..n]);
-        dst.write_all(&buf[..n]).await.map_err(BodyError::Write)?;
-        left -= n as u64;
-    }
-    Ok(len)
 }
 
 async fn relay_chunked<R, W>(
@@ -169,33 +129,128 @@ where
     }
 }
 
-async fn relay_until_close<R, W>(
+/// Copy raw body bytes: exactly `limit` of them (EOF first is an error), or
+/// with `None` until the sender closes.
+async fn relay_raw<R, W>(
     src: &mut R,
     pending: &mut Vec<u8>,
     dst: &mut W,
+    limit: Option<u64>,
     cap: &mut Capture,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut total = pending.len() as u64;
-    if !pending.is_empty() {
-        cap.push(pending);
-        dst.write_all(pending).await.map_err(BodyError::Write)?;
-        pending.clear();
+    let mut left = limit.unwrap_or(u64::MAX);
+    let clamp = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let take = pending.len().min(clamp(left));
+    if take > 0 {
+        cap.push(&pending[..take]);
+        dst.write_all(&pending[..take])
+            .await
+            .map_err(BodyError::Write)?;
+        pending.drain(..take);
+        left -= take as u64;
     }
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match src.read(&mut buf).await {
-            Ok(0) => return Ok(total),
+    let mut buf = Vec::new();
+    while left > 0 {
+        if buf.is_empty() {
+            buf = vec![0u8; CHUNK.min(clamp(left))];
+        }
+        let want = buf.len().min(clamp(left));
+        let n = match src.read(&mut buf[..want]).await {
             Ok(n) => n,
-            // A TLS server closing without close_notify: the body still ended.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(total),
+            // A TLS server closing without close_notify still ended the body.
+            Err(e) if limit.is_none() && e.kind() == io::ErrorKind::UnexpectedEof => 0,
             Err(e) => return Err(BodyError::Read(e)),
         };
+        if n == 0 {
+            return match limit {
+                Some(_) => Err(BodyError::Eof),
+                None => Ok(u64::MAX - left),
+            };
+        }
         cap.push(&buf[..n]);
         dst.write_all(&buf[..n]).await.map_err(BodyError::Write)?;
-        total += n as u64;
+        left -= n as u64;
+    }
+    Ok(limit.unwrap_or(u64::MAX - left))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `relay` over an in-memory source holding `input` (after `pending`).
+    fn run(
+        kind: BodyKind,
+        pending: &[u8],
+        input: &[u8],
+        dechunk: bool,
+    ) -> (Result<u64, BodyError>, Vec<u8>, Vec<u8>) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut src = input;
+            let mut pend = pending.to_vec();
+            let mut out = Vec::new();
+            let mut cap = Capture::new(4);
+            let r = relay(&mut src, &mut pend, &mut out, kind, dechunk, &mut cap).await;
+            (r, out, pend)
+        })
+    }
+
+    #[test]
+    fn length_body_stops_at_its_end_and_keeps_the_rest() {
+        let (r, out, rest) = run(BodyKind::Length(5), b"he", b"lloGET /next", false);
+        assert_eq!(r.unwrap(), 5);
+        assert_eq!(out, b"hello");
+        // Bytes past the body stay unread in the source (never over-read).
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn length_body_cut_short_is_an_error() {
+        let (r, out, _) = run(BodyKind::Length(10), b"", b"abc", false);
+        assert!(matches!(r, Err(BodyError::Eof)));
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
+    fn until_close_copies_everything() {
+        let (r, out, _) = run(BodyKind::UntilClose, b"ab", b"cdef", false);
+        assert_eq!(r.unwrap(), 6);
+        assert_eq!(out, b"abcdef");
+    }
+
+    #[test]
+    fn chunked_is_forwarded_verbatim_or_dechunked() {
+        let body = b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\nNEXT";
+        let (r, out, rest) = run(BodyKind::Chunked, body, b"", false);
+        assert_eq!(r.unwrap(), 5);
+        assert_eq!(out, &body[..body.len() - 4]);
+        assert_eq!(rest, b"NEXT");
+        let (r, out, _) = run(BodyKind::Chunked, body, b"", true);
+        assert_eq!(r.unwrap(), 5);
+        assert_eq!(out, b"abcde");
+    }
+
+    #[test]
+    fn bad_chunk_size_is_a_framing_error() {
+        let (r, _, _) = run(BodyKind::Chunked, b"zz\r\n", b"", false);
+        assert!(matches!(r, Err(BodyError::Framing(_))));
+    }
+
+    #[test]
+    fn capture_is_bounded() {
+        let mut c = Capture::new(4);
+        c.push(b"abc");
+        c.push(b"def");
+        let got = c.finish().unwrap();
+        assert_eq!(got.bytes, b"abcd");
+        assert!(got.truncated);
+        assert!(Capture::new(0).finish().is_none());
     }
 }
