@@ -122,8 +122,9 @@ pub struct RunArgs {
     pub ssl_insecure: bool,
 
     /// Pass connections whose `host:port` matches REGEX through without interception
-    /// (case-insensitive search; host from SNI, CONNECT, Host or the destination IP).
-    /// Repeatable. Example: --ignore-hosts '^(.+\.)?apple\.com:443$'.
+    /// (case-insensitive search; host = TLS SNI, CONNECT target or destination IP;
+    /// plain-HTTP requests are always proxied). Repeatable.
+    /// Example: --ignore-hosts '^(.+\.)?apple\.com:443$'.
     #[arg(long = "ignore-hosts", value_name = "REGEX")]
     pub ignore_hosts: Vec<String>,
 

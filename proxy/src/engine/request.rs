@@ -179,8 +179,10 @@ pub fn upstream_head(
 ) -> RequestHead {
     codec::remove_hop_by_hop(&mut head.headers, kind == BodyKind::Chunked);
     head.headers.remove("expect");
-    if head.headers.get("host").is_none() {
-        head.headers.append("Host", route.host_header.clone());
+    // For absolute-form requests the URL's authority wins over any Host
+    // field (RFC 9112 §3.2.2); inside tunnels this is the client's own Host.
+    if head.headers.get("host") != Some(route.host_header.as_bytes()) {
+        head.headers.set("Host", route.host_header.clone());
     }
     if let Some(u) = upgrade {
         head.headers.set("Connection", "Upgrade");
@@ -208,6 +210,42 @@ mod tests {
         assert_eq!(split_authority("a:b", 80), None);
         assert_eq!(split_authority("", 80), None);
         assert_eq!(split_authority("a b:1", 80), None);
+    }
+
+    #[test]
+    fn absolute_form_replaces_host_and_becomes_origin_form() {
+        let mut headers = crate::http1::codec::Headers::new();
+        headers.append("Host", "proxy.local:8080");
+        headers.append("Proxy-Connection", "keep-alive");
+        let head = RequestHead {
+            method: "GET".into(),
+            target: "http://user:pw@Example.com:81/a?b".into(),
+            minor_version: 0,
+            headers,
+        };
+        let route = route(&Scope::Proxy, &head).unwrap();
+        assert_eq!(route.url, "http://example.com:81/a?b");
+        assert_eq!(route.target.port, 81);
+        let up = upstream_head(head, &route, BodyKind::Empty, None);
+        assert_eq!(up.target, "/a?b");
+        assert_eq!(up.minor_version, 1);
+        assert_eq!(up.headers.get("host"), Some(&b"Example.com:81"[..]));
+        assert!(up.headers.get("proxy-connection").is_none());
+    }
+
+    #[test]
+    fn origin_form_is_refused_on_an_explicit_proxy_listener() {
+        let head = RequestHead {
+            method: "GET".into(),
+            target: "/".into(),
+            minor_version: 1,
+            headers: crate::http1::codec::Headers::new(),
+        };
+        assert!(
+            route(&Scope::Proxy, &head)
+                .unwrap_err()
+                .contains("HTTP_PROXY")
+        );
     }
 
     #[test]
