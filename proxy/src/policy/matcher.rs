@@ -2,6 +2,7 @@
 //! condition checks. Nothing here allocates while matching (hosts longer
 //! than [`HOST_BUF`] bytes are the one exception).
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 
 use regex::RegexSet;
@@ -51,13 +52,22 @@ impl HostSet {
 
     /// `host` must be normalised (lower-case, no trailing dot).
     pub fn matches(&self, host: &str) -> bool {
+        self.matches_pre(host, None)
+    }
+
+    /// As [`Self::matches`]; regexes are skipped when `pre` says no regex
+    /// of the policy can match.
+    fn matches_pre(&self, host: &str, pre: Option<&Lazy<'_>>) -> bool {
         let exact = match &self.exact_set {
             Some(s) => s.contains(host),
             None => self.exact_list.iter().any(|e| **e == *host),
         };
         exact
             || self.suffixes.iter().any(|s| wildcard_matches(s, host))
-            || self.regex.as_ref().is_some_and(|r| r.is_match(host))
+            || self
+                .regex
+                .as_ref()
+                .is_some_and(|r| pre.is_none_or(Lazy::possible) && r.is_match(host))
     }
 
     fn has_regex(&self) -> bool {
@@ -168,6 +178,8 @@ pub struct Inputs<'a> {
     pub client: std::net::IpAddr,
     /// Client pod.
     pub source: Option<&'a PodInfo>,
+    /// Policy-wide prefilter over `host` regexes, for `host`.
+    pub host_pre: Option<&'a Lazy<'a>>,
 }
 
 /// Request-only inputs.
@@ -180,6 +192,79 @@ pub struct ReqInputs<'a> {
     pub path: &'a str,
     /// Pretty URL.
     pub url: &'a str,
+    /// Policy-wide prefilter over `url` regexes, for `url`.
+    pub url_pre: &'a Lazy<'a>,
+}
+
+/// Combined regex sets over all rules: one search tells whether any rule's
+/// `url` (or `host` regex) can match at all; when none can, per-rule
+/// regexes are skipped. Built best-effort (absent when too large).
+#[derive(Debug, Default)]
+pub struct Prefilter {
+    url: Option<RegexSet>,
+    host: Option<RegexSet>,
+}
+
+impl Prefilter {
+    /// Build from all rules' `match:` blocks.
+    pub fn build<'a>(raws: impl Iterator<Item = &'a RawMatch> + Clone) -> Self {
+        let urls: Vec<&str> = raws
+            .clone()
+            .flat_map(|m| m.url.0.iter().map(|u| u.0.as_str()))
+            .collect();
+        let hosts: Vec<&str> = raws
+            .flat_map(|m| m.host.0.iter())
+            .filter_map(|h| match h {
+                HostPat::Regex(r) => Some(r.as_str()),
+                _ => None,
+            })
+            .collect();
+        let set = |v: &[&str]| (!v.is_empty()).then(|| RegexSet::new(v).ok()).flatten();
+        Self {
+            url: set(&urls),
+            host: set(&hosts),
+        }
+    }
+
+    /// Lazy prefilter answer for a URL.
+    pub fn url<'a>(&'a self, url: &'a str) -> Lazy<'a> {
+        Lazy::new(self.url.as_ref(), url)
+    }
+
+    /// Lazy prefilter answer for a host.
+    pub fn host<'a>(&'a self, host: &'a str) -> Lazy<'a> {
+        Lazy::new(self.host.as_ref(), host)
+    }
+}
+
+/// A prefilter search run at most once, on first need.
+pub struct Lazy<'a> {
+    set: Option<&'a RegexSet>,
+    hay: &'a str,
+    state: Cell<u8>,
+}
+
+impl<'a> Lazy<'a> {
+    fn new(set: Option<&'a RegexSet>, hay: &'a str) -> Self {
+        Self {
+            set,
+            hay,
+            state: Cell::new(0),
+        }
+    }
+
+    /// Whether some regex of the set can match (true without a set).
+    pub fn possible(&self) -> bool {
+        match self.state.get() {
+            1 => true,
+            2 => false,
+            _ => {
+                let yes = self.set.is_none_or(|s| s.is_match(self.hay));
+                self.state.set(if yes { 1 } else { 2 });
+                yes
+            }
+        }
+    }
 }
 
 impl Matcher {
@@ -235,7 +320,7 @@ impl Matcher {
         let mut unknown = false;
         if let Some(h) = &self.host {
             match i.host {
-                Some(host) if !h.matches(host) => return Tri::No,
+                Some(host) if !h.matches_pre(host, i.host_pre) => return Tri::No,
                 Some(_) => {}
                 None => unknown = true,
             }
@@ -283,7 +368,9 @@ impl Matcher {
         {
             return false;
         }
-        self.url.as_ref().is_none_or(|u| u.is_match(r.url))
+        self.url
+            .as_ref()
+            .is_none_or(|u| r.url_pre.possible() && u.is_match(r.url))
     }
 }
 

@@ -17,6 +17,8 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_alloc;
+#[cfg(test)]
 mod tests_live;
 
 use std::collections::HashMap;
@@ -28,7 +30,7 @@ pub use live::LivePolicy;
 pub use print::check_file;
 pub use raw::{ActionKind, DenyConnection, Scheme};
 
-use matcher::{HostIndex, Inputs, Matcher, ReqInputs, Tri, with_normalized};
+use matcher::{HostIndex, Inputs, Matcher, Prefilter, ReqInputs, Tri, with_normalized};
 use raw::{RawActionSpec, RawHeaderEdit, RawMatch, RawPolicy};
 
 use crate::poddir::PodInfo;
@@ -283,6 +285,7 @@ pub struct Policy {
     rules: Vec<Rule>,
     default: Rule,
     index: HostIndex,
+    prefilter: Prefilter,
     fail_open: Option<FailOpenConfig>,
 }
 
@@ -318,10 +321,12 @@ impl TryFrom<RawPolicy> for Policy {
             raw.default.0,
         )?;
         let index = HostIndex::build(rules.iter().map(|r| &r.matcher));
+        let prefilter = Prefilter::build(rules.iter().map(|r| &r.raw_match));
         Ok(Self {
             rules,
             default,
             index,
+            prefilter,
             fail_open: raw.tls_fail_open.map(|f| FailOpenConfig {
                 after: f.after,
                 ttl: f.ttl.0,
@@ -387,6 +392,7 @@ impl Policy {
                 raw_match: RawMatch::default(),
             },
             index: HostIndex::default(),
+            prefilter: Prefilter::default(),
             fail_open: None,
         }
     }
@@ -427,12 +433,14 @@ impl Policy {
         let host_raw = facts.host.or(facts.sni);
         with_opt(host_raw, &mut hb, |host| {
             with_opt(facts.sni, &mut sb, |sni| {
+                let host_pre = host.map(|h| self.prefilter.host(h));
                 let i = Inputs {
                     host,
                     sni,
                     port: facts.dst_port,
                     client: facts.client,
                     source: facts.source,
+                    host_pre: host_pre.as_ref(),
                 };
                 let mut verdict = Tri::No;
                 let check = |idx: usize, verdict: &mut Tri| {
@@ -460,18 +468,22 @@ impl Policy {
         let mut sb = [0u8; matcher::HOST_BUF];
         with_normalized(facts.host, &mut hb, |host| {
             with_opt(facts.conn.sni, &mut sb, |sni| {
+                let host_pre = self.prefilter.host(host);
+                let url_pre = self.prefilter.url(facts.url);
                 let i = Inputs {
                     host: Some(host),
                     sni,
                     port: facts.conn.dst_port,
                     client: facts.conn.client,
                     source: facts.conn.source,
+                    host_pre: Some(&host_pre),
                 };
                 let r = ReqInputs {
                     scheme: facts.scheme,
                     method: facts.method,
                     path: facts.path,
                     url: facts.url,
+                    url_pre: &url_pre,
                 };
                 let check = |idx: usize| self.rules[idx].matcher.request(&i, &r);
                 let hit = match self.index.first(host, check) {

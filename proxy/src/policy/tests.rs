@@ -414,19 +414,21 @@ fn index_agrees_with_linear_walk() {
     // Many rules of all host kinds; the indexed lookup must equal a plain
     // first-match walk for many hosts.
     let mut y = String::from("default: deny\nrules:\n");
-    for i in 0..60 {
-        let host = match i % 4 {
-            0 => format!("h{i}.com"),
-            1 => format!("\"*.d{}.com\"", i % 7),
-            2 => format!("\"~^r{}\"", i % 5),
-            _ => "[\"x.com\", \"*.com\"]".to_owned(),
+    for i in 0..80 {
+        let host = match i % 5 {
+            0 => format!("host: h{i}.com"),
+            1 => format!("host: \"*.d{}.com\"", i % 7),
+            2 => format!("host: \"~^r{}\"", (i / 5) % 4),
+            3 => "host: [\"x.com\", \"*.com\"]".to_owned(),
+            _ => format!("url: \"^https://u{}\\\\.\"", i % 3),
         };
         let extra = if i % 3 == 0 { ", method: POST" } else { "" };
         y.push_str(&format!(
-            "  - {{name: r{i}, match: {{host: {host}{extra}}}, action: allow}}\n"
+            "  - {{name: r{i}, match: {{{host}{extra}}}, action: allow}}\n"
         ));
     }
     let p = pol(&y);
+    assert!(y.contains(r#"url: "^https://u1\\.""#), "{y}");
     let c = conn(None, 443);
     for host in [
         "h0.com",
@@ -438,6 +440,9 @@ fn index_agrees_with_linear_walk() {
         "y.com",
         "zzz.net",
         "d1.com",
+        "u1.net",
+        "u2.com",
+        "r2.d6.com",
     ] {
         for method in ["GET", "POST"] {
             let url = format!("https://{host}/");
@@ -448,12 +453,15 @@ fn index_agrees_with_linear_walk() {
                 port: 443,
                 client: c.client,
                 source: None,
+                host_pre: None,
             };
+            let no_prefilter = matcher::Prefilter::default();
             let r = matcher::ReqInputs {
                 scheme: Scheme::Https,
                 method,
                 path: "/",
                 url: &url,
+                url_pre: &no_prefilter.url(&url),
             };
             let want = p
                 .rules
