@@ -12,6 +12,7 @@ mod live;
 mod matcher;
 mod print;
 pub mod raw;
+mod values;
 pub mod watch;
 
 #[cfg(test)]
@@ -370,8 +371,7 @@ impl Policy {
         Self::from_yaml(text)
     }
 
-    /// A policy with no rules and the given default action (e.g. when no
-    /// `--rules` is given: `allow`).
+    /// No rules, default `allow` (the behaviour without `--rules`).
     pub fn allow_all() -> Self {
         Self {
             rules: Vec::new(),
