@@ -377,14 +377,23 @@ impl Matcher {
 /// Index over the rules' `host:` conditions: which rules can match a host.
 #[derive(Debug, Default)]
 pub struct HostIndex {
-    /// Rules without a host condition, or with a host regex (checked fully).
+    /// Rules without host and url conditions.
     always: Vec<u32>,
+    /// Rules without a host condition but with a url regex: candidates only
+    /// when the policy-wide url prefilter matches.
+    url_only: Vec<u32>,
+    /// Rules with a host regex: candidates only when the policy-wide host
+    /// regex prefilter matches (their exact/wildcard hosts are indexed too).
+    host_regex: Vec<u32>,
     exact: HashMap<Box<str>, Vec<u32>>,
     suffix: HashMap<Box<str>, Vec<u32>>,
 }
 
-/// Most candidate lists one lookup merges (always + exact + suffixes).
-const MAX_LISTS: usize = 34;
+/// Most candidate lists one lookup merges (3 unkeyed + exact + suffixes).
+const MAX_LISTS: usize = 36;
+
+/// Whether a class of regex rules can match (lazy prefilter answer).
+pub type Possible<'a> = &'a dyn Fn() -> bool;
 
 impl HostIndex {
     /// Build from the compiled rules' matchers (in rule order).
@@ -393,6 +402,7 @@ impl HostIndex {
         for (i, m) in matchers.enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             match m.host_keys() {
+                None if m.url.is_some() => ix.url_only.push(i),
                 None => ix.always.push(i),
                 Some((exact, suffixes, has_regex)) => {
                     for e in exact {
@@ -402,7 +412,7 @@ impl HostIndex {
                         push_once(ix.suffix.entry(s.clone()).or_default(), i);
                     }
                     if has_regex {
-                        ix.always.push(i);
+                        ix.host_regex.push(i);
                     }
                 }
             }
@@ -413,11 +423,27 @@ impl HostIndex {
     /// Calls `f` with candidate rule indices in ascending order (each once)
     /// until it returns true; returns that index. Returns
     /// `None` when the host has too many labels for the index (walk all).
-    pub fn first(&self, host: &str, mut f: impl FnMut(usize) -> bool) -> Option<Option<usize>> {
+    /// `url_possible` / `host_re_possible` gate the url-only and host-regex
+    /// rules (asked only when such rules exist).
+    pub fn first(
+        &self,
+        host: &str,
+        url_possible: Possible<'_>,
+        host_re_possible: Possible<'_>,
+        mut f: impl FnMut(usize) -> bool,
+    ) -> Option<Option<usize>> {
         let mut lists: [&[u32]; MAX_LISTS] = [&[]; MAX_LISTS];
         let mut n = 0;
         lists[n] = &self.always;
         n += 1;
+        if !self.url_only.is_empty() && url_possible() {
+            lists[n] = &self.url_only;
+            n += 1;
+        }
+        if !self.host_regex.is_empty() && host_re_possible() {
+            lists[n] = &self.host_regex;
+            n += 1;
+        }
         if let Some(v) = self.exact.get(host) {
             lists[n] = v;
             n += 1;

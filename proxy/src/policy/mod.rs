@@ -447,11 +447,14 @@ impl Policy {
                     *verdict = self.rules[idx].matcher.conn(&i);
                     *verdict != Tri::No
                 };
-                let hit =
-                    match host.and_then(|h| self.index.first(h, |idx| check(idx, &mut verdict))) {
-                        Some(hit) => hit,
-                        None => (0..self.rules.len()).find(|&idx| check(idx, &mut verdict)),
-                    };
+                let hit = match host.and_then(|h| {
+                    let host_re = || host_pre.as_ref().is_none_or(matcher::Lazy::possible);
+                    self.index
+                        .first(h, &|| true, &host_re, |idx| check(idx, &mut verdict))
+                }) {
+                    Some(hit) => hit,
+                    None => (0..self.rules.len()).find(|&idx| check(idx, &mut verdict)),
+                };
                 match hit {
                     None => self.default.conn_decision(),
                     Some(idx) if verdict == Tri::Yes => self.rules[idx].conn_decision(),
@@ -486,7 +489,12 @@ impl Policy {
                     url_pre: &url_pre,
                 };
                 let check = |idx: usize| self.rules[idx].matcher.request(&i, &r);
-                let hit = match self.index.first(host, check) {
+                let hit = match self.index.first(
+                    host,
+                    &|| url_pre.possible(),
+                    &|| host_pre.possible(),
+                    check,
+                ) {
                     Some(hit) => hit,
                     None => (0..self.rules.len()).find(|&idx| check(idx)),
                 };
