@@ -2,8 +2,9 @@
 //! condition checks. Nothing here allocates while matching (hosts longer
 //! than [`HOST_BUF`] bytes are the one exception).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use regex::RegexSet;
 
@@ -158,6 +159,8 @@ pub struct Matcher {
     host: Option<HostSet>,
     sni: Option<HostSet>,
     url: Option<RegexSet>,
+    /// This rule's patterns in the policy-wide url set (rule order).
+    url_ids: Range<usize>,
     method: Vec<String>,
     path_prefix: Vec<String>,
     port: Vec<PortRange>,
@@ -202,7 +205,16 @@ pub struct ReqInputs<'a> {
 #[derive(Debug, Default)]
 pub struct Prefilter {
     url: Option<RegexSet>,
+    /// All rules' url regexes in rule order: one overlapping search per
+    /// request tells each rule whether its url condition holds.
+    url_all: Option<regex_automata::meta::Regex>,
     host: Option<RegexSet>,
+}
+
+thread_local! {
+    /// Per-thread result of the last url search (reused, no allocation
+    /// unless the policy's pattern count changes).
+    static URL_HITS: RefCell<regex_automata::PatternSet> = RefCell::new(regex_automata::PatternSet::new(0));
 }
 
 impl Prefilter {
@@ -220,15 +232,21 @@ impl Prefilter {
             })
             .collect();
         let set = |v: &[&str]| (!v.is_empty()).then(|| RegexSet::new(v).ok()).flatten();
+        let url_all = (!urls.is_empty())
+            .then(|| regex_automata::meta::Regex::new_many(&urls).ok())
+            .flatten();
         Self {
             url: set(&urls),
+            url_all,
             host: set(&hosts),
         }
     }
 
     /// Lazy prefilter answer for a URL.
     pub fn url<'a>(&'a self, url: &'a str) -> Lazy<'a> {
-        Lazy::new(self.url.as_ref(), url)
+        let mut l = Lazy::new(self.url.as_ref(), url);
+        l.all = self.url_all.as_ref();
+        l
     }
 
     /// Lazy prefilter answer for a host.
@@ -242,6 +260,8 @@ pub struct Lazy<'a> {
     set: Option<&'a RegexSet>,
     hay: &'a str,
     state: Cell<u8>,
+    all: Option<&'a regex_automata::meta::Regex>,
+    all_done: Cell<bool>,
 }
 
 impl<'a> Lazy<'a> {
@@ -250,7 +270,33 @@ impl<'a> Lazy<'a> {
             set,
             hay,
             state: Cell::new(0),
+            all: None,
+            all_done: Cell::new(false),
         }
+    }
+
+    /// Whether any pattern in `ids` of the policy-wide url set matches;
+    /// `None` when there is no such set (check the rule's own regexes).
+    pub fn which(&self, ids: &Range<usize>) -> Option<bool> {
+        let all = self.all?;
+        if !self.possible() {
+            return Some(false);
+        }
+        URL_HITS
+            .try_with(|cell| {
+                let mut hits = cell.borrow_mut();
+                if !self.all_done.get() {
+                    if hits.capacity() != all.pattern_len() {
+                        *hits = regex_automata::PatternSet::new(all.pattern_len());
+                    }
+                    hits.clear();
+                    all.which_overlapping_matches(&regex_automata::Input::new(self.hay), &mut hits);
+                    self.all_done.set(true);
+                }
+                ids.clone()
+                    .any(|i| regex_automata::PatternID::new(i).is_ok_and(|p| hits.contains(p)))
+            })
+            .ok()
     }
 
     /// Whether some regex of the set can match (true without a set).
@@ -275,6 +321,7 @@ impl Matcher {
             host: HostSet::compile(&format!("{where_}.match.host"), &m.host.0)?,
             sni: HostSet::compile(&format!("{where_}.match.sni"), &m.sni.0)?,
             url: regex_set(&format!("{where_}.match.url"), &url)?,
+            url_ids: 0..0,
             method: m.method.0.iter().map(|x| x.0.clone()).collect(),
             path_prefix: m.path_prefix.0.iter().map(|x| x.0.clone()).collect(),
             port: m.port.0.clone(),
@@ -284,12 +331,18 @@ impl Matcher {
         })
     }
 
+    /// Set this rule's pattern range in the policy-wide url set.
+    pub fn set_url_ids(&mut self, ids: Range<usize>) {
+        self.url_ids = ids;
+    }
+
     /// No conditions: matches everything.
     pub fn empty() -> Self {
         Self {
             host: None,
             sni: None,
             url: None,
+            url_ids: 0..0,
             method: Vec::new(),
             path_prefix: Vec::new(),
             port: Vec::new(),
@@ -370,7 +423,10 @@ impl Matcher {
         }
         self.url
             .as_ref()
-            .is_none_or(|u| r.url_pre.possible() && u.is_match(r.url))
+            .is_none_or(|u| match r.url_pre.which(&self.url_ids) {
+                Some(hit) => hit,
+                None => r.url_pre.possible() && u.is_match(r.url),
+            })
     }
 }
 

@@ -323,6 +323,13 @@ impl TryFrom<RawPolicy> for Policy {
         )?;
         let index = HostIndex::build(rules.iter().map(|r| &r.matcher));
         let prefilter = Prefilter::build(rules.iter().map(|r| &r.raw_match));
+        // Url patterns are numbered in rule order by `Prefilter::build`.
+        let mut next = 0;
+        for r in &mut rules {
+            let n = r.raw_match.url.0.len();
+            r.matcher.set_url_ids(next..next + n);
+            next += n;
+        }
         Ok(Self {
             rules,
             default,

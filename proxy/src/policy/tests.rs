@@ -605,9 +605,16 @@ fn measure_decide_request_cost() {
         let c = conn(Some("miss.example.org"), 443);
         let hit_host = format!("h{}.example.com", (n - 1) / 3 * 3);
         let hit_url = format!("https://{hit_host}/x");
+        let last = |k: usize| (0..n).rev().find(|i| i % 3 == k).unwrap_or(k);
+        let wild_host = format!("a.b.w{}.example.com", last(1));
+        let wild_url = format!("https://{wild_host}/x");
+        let url_host = format!("u{}.example.com", last(2));
+        let url_url = format!("https://{url_host}/x");
         for (label, host, url) in [
             ("miss", "miss.example.org", "https://miss.example.org/x"),
             ("last-exact-hit", hit_host.as_str(), hit_url.as_str()),
+            ("last-wild-hit", wild_host.as_str(), wild_url.as_str()),
+            ("last-url-hit", url_host.as_str(), url_url.as_str()),
         ] {
             let iters = 20_000u32;
             let t0 = Instant::now();
