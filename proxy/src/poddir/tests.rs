@@ -135,3 +135,44 @@ fn start_with_invalid_file_is_an_error() {
             .is_empty()
     );
 }
+
+/// A looked-up pod feeds the policy's `source:` matcher.
+#[test]
+fn source_matcher_uses_directory_entries() {
+    use crate::policy::{ConnFacts, Policy, RequestAction, RequestFacts, Scheme};
+    let d = PodDirectory::from_json(V1.as_bytes()).unwrap();
+    let p = Policy::from_yaml(
+        "default: deny\nrules:\n  - {name: web-egress, match: {source: {namespace: prod, workload: Deployment/web, labels: {app: web}}}, action: allow}\n",
+    )
+    .unwrap();
+    let decide = |client: &str| {
+        let pod = d.lookup(ip(client));
+        let c = ConnFacts {
+            client: ip(client),
+            dst_port: 443,
+            sni: None,
+            host: None,
+            source: pod.as_deref(),
+        };
+        let r = p.decide_request(&RequestFacts {
+            conn: &c,
+            scheme: Scheme::Https,
+            method: "GET",
+            host: "x.com",
+            path: "/",
+            url: "https://x.com/",
+        });
+        (r.rule.to_owned(), r.action == RequestAction::Allow)
+    };
+    assert_eq!(decide("::ffff:10.244.1.7"), ("web-egress".to_owned(), true));
+    assert_eq!(
+        decide("fd00:10:244::7"),
+        ("default".to_owned(), false),
+        "db pod"
+    );
+    assert_eq!(
+        decide("10.9.9.9"),
+        ("default".to_owned(), false),
+        "unknown client"
+    );
+}

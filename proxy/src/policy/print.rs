@@ -33,6 +33,15 @@ impl Display for Policy {
                 fo.ttl.as_secs()
             )?;
         }
+        let catch_all = self.rules.iter().position(|r| is_catch_all(&r.raw_match));
+        if let Some(i) = catch_all.filter(|&i| i + 1 < self.rules.len()) {
+            writeln!(
+                f,
+                "# warning: rule `{}` matches everything; the {} rule(s) after it and the default never apply",
+                self.rules[i].name,
+                self.rules.len() - i - 1
+            )?;
+        }
         Ok(())
     }
 }
@@ -125,6 +134,18 @@ fn q(v: Vec<&str>) -> Vec<Q<'_>> {
 
 fn names(v: &[super::raw::NamePat]) -> Vec<Q<'_>> {
     v.iter().map(|x| Q(x.0.as_str())).collect()
+}
+
+fn is_catch_all(m: &RawMatch) -> bool {
+    m.host.0.is_empty()
+        && m.sni.0.is_empty()
+        && m.url.0.is_empty()
+        && m.method.0.is_empty()
+        && m.path_prefix.0.is_empty()
+        && m.port.0.is_empty()
+        && m.scheme.0.is_empty()
+        && m.client_cidr.0.is_empty()
+        && m.source.is_none()
 }
 
 fn write_edits(f: &mut fmt::Formatter<'_>, dir: &str, e: &HeaderEdits) -> fmt::Result {

@@ -635,3 +635,22 @@ fn measure_decide_request_cost() {
         }
     }
 }
+
+#[test]
+fn check_output_warns_about_shadowed_rules() {
+    let p = pol(
+        "default: deny\nrules:\n  - {name: all, action: allow}\n  - {name: never, match: {host: a.com}, action: deny}\n",
+    );
+    let text = p.to_string();
+    assert!(
+        text.contains("# warning: rule `all` matches everything; the 1 rule(s) after it"),
+        "{text}"
+    );
+    let q = pol(
+        "default: deny\nrules:\n  - {name: a, match: {host: a.com}, action: allow}\n  - {name: last, action: allow}\n",
+    );
+    assert!(
+        !q.to_string().contains("warning"),
+        "a final catch-all shadows only the default"
+    );
+}
