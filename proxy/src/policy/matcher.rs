@@ -555,6 +555,19 @@ pub fn with_normalized<R>(host: &str, buf: &mut [u8; HOST_BUF], f: impl FnOnce(&
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(h);
+    if h.contains(':')
+        && let Ok(v6) = h.parse::<std::net::Ipv6Addr>()
+    {
+        // Canonical IPv6 text (as patterns are stored), written on the stack.
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        if std::io::Write::write_fmt(&mut cur, format_args!("{v6}")).is_ok() {
+            let n = usize::try_from(cur.position()).unwrap_or(0);
+            if let Ok(s) = std::str::from_utf8(&buf[..n]) {
+                return f(s);
+            }
+        }
+        return f(h);
+    }
     if !h.bytes().any(|b| b.is_ascii_uppercase()) {
         return f(h);
     }

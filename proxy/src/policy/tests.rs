@@ -43,7 +43,10 @@ fn req<'p>(p: &'p Policy, c: &ConnFacts<'_>, method: &str, url: &str) -> Request
     let (auth, path) = rest
         .find('/')
         .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    let host = auth.split(':').next().unwrap();
+    let host = match auth.find(']') {
+        Some(end) => &auth[..=end],
+        None => auth.split(':').next().unwrap(),
+    };
     let scheme = if scheme == "https" {
         Scheme::Https
     } else {
@@ -653,4 +656,22 @@ fn check_output_warns_about_shadowed_rules() {
         !q.to_string().contains("warning"),
         "a final catch-all shadows only the default"
     );
+}
+
+#[test]
+fn ipv6_hosts_compare_canonically() {
+    let p = pol(
+        "default: allow\nrules:\n  - {name: meta6, match: {host: \"FD00:EC2:0:0::254\"}, action: deny}\n",
+    );
+    assert_eq!(rule_of(&p, "http://[fd00:ec2::254]/latest"), "meta6");
+    assert_eq!(rule_of(&p, "http://[FD00:0EC2:0::0254]/latest"), "meta6");
+    assert_eq!(rule_of(&p, "http://[fd00:ec2::255]/"), "default");
+    let f = ConnFacts {
+        host: Some("fd00:ec2:0::254"),
+        ..conn(None, 80)
+    };
+    assert!(matches!(
+        p.decide_connection(&f),
+        ConnDecision::Intercept { rule: "meta6" }
+    ));
 }

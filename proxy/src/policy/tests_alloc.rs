@@ -88,9 +88,10 @@ rules:
         ),
         ("GET", "svc.internal", "/", "https://svc.internal/"),
         ("GET", "nowhere.org", "/", "https://nowhere.org/"),
+        ("GET", "[FD00:0::1]", "/", "https://[fd00::1]/"),
     ];
     let run = || {
-        let mut names = [""; 6];
+        let mut names = [""; 7];
         for (k, (method, host, path, url)) in cases.iter().enumerate() {
             names[k] = p
                 .decide_request(&RequestFacts {
@@ -107,7 +108,10 @@ rules:
     };
     // Warm-up: regex caches are allocated on a thread's first search.
     let names = run();
-    assert_eq!(names, ["exact", "wild", "re", "url", "src", "default"]);
+    assert_eq!(
+        names,
+        ["exact", "wild", "re", "url", "src", "default", "default"]
+    );
     let before = allocs();
     for _ in 0..100 {
         run();

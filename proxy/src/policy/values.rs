@@ -58,7 +58,11 @@ impl HostPat {
             return Ok(Self::Wildcard(suffix.to_owned()));
         }
         check_hostname(&lower, s)?;
-        Ok(Self::Exact(lower))
+        // IPv6 literals in canonical form (requests are canonicalised too).
+        match lower.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => Ok(Self::Exact(v6.to_string())),
+            Err(_) => Ok(Self::Exact(lower)),
+        }
     }
 }
 from_str_de!(
