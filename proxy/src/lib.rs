@@ -15,6 +15,8 @@ pub mod http1;
 pub mod metrics;
 pub mod net;
 pub mod passthrough;
+pub mod poddir;
+pub mod policy;
 pub mod run;
 pub mod tls;
 pub mod upstream;
