@@ -33,6 +33,19 @@ pub enum Command {
     /// Manage the certificate authority (mitmproxy-compatible files in --confdir).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Work with policy rules files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate a rules file offline and print the parsed rules; exits non-zero
+    /// (naming the line and the problem) when it is invalid.
+    Check {
+        /// The rules file (YAML), as given to --rules.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +189,18 @@ pub struct RunArgs {
     /// Key algorithm used when tproxy has to create a CA: rsa (like mitmproxy) or ecdsa.
     #[arg(long, value_enum, default_value = "rsa")]
     pub ca_key_type: KeyTypeArg,
+
+    /// Policy rules file (YAML; see docs/policy.md). Watched: a valid new version
+    /// applies to every worker within 2 s, an invalid one is rejected and the old
+    /// policy stays. Without it every request is allowed.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+
+    /// Pod directory written by tproxy-podwatch (JSON; see docs/pod-directory.md):
+    /// maps client IPs to pods for `source` rule matchers. Watched like --rules;
+    /// a missing file is an empty directory.
+    #[arg(long, value_name = "FILE")]
+    pub pod_directory: Option<PathBuf>,
 }
 
 /// Proxy mode of a listener.
@@ -279,6 +304,8 @@ pub struct Config {
     pub limits: Limits,
     pub cert_cache_size: usize,
     pub ca_key_kind: KeyKind,
+    pub rules: Option<PathBuf>,
+    pub pod_directory: Option<PathBuf>,
 }
 
 /// A configuration problem, said so the user can fix it.
@@ -361,6 +388,8 @@ impl TryFrom<&RunArgs> for Config {
             },
             cert_cache_size: a.cert_cache_size,
             ca_key_kind: a.ca_key_type.into(),
+            rules: a.rules.clone(),
+            pod_directory: a.pod_directory.clone(),
         })
     }
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Mode;
 use crate::detect::{self, ClientHello, Sniff};
+use crate::engine::verdict::{self, ConnVerdict};
 use crate::engine::{self, ConnCtx, Exit, Preconnected, Scope, log_conn_error};
 use crate::flowlog::{ConnEvent, ConnEventKind, TcpFlow};
 use crate::metrics::ConnKind;
@@ -18,6 +19,7 @@ use crate::net::origdst;
 use crate::net::rewind::Rewind;
 use crate::net::stream::{ClientIo, Tcp};
 use crate::passthrough::{RelayOptions, relay_with};
+use crate::policy::DenyHow;
 use crate::tls::certcache::{LeafName, Outcome};
 use crate::upstream::{self, Target};
 use crate::worker::Worker;
@@ -40,6 +42,8 @@ pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketA
         client: peer,
         mode,
         sni: None,
+        conn_host: None,
+        source: worker.source_pod(peer.ip()),
     };
     event(worker, &ctx, ConnEventKind::ClientConnect);
     match mode {
@@ -62,7 +66,7 @@ fn to_poll(stream: TcpStream) -> Option<Tcp> {
     stream.into_poll_io().ok()
 }
 
-async fn serve_regular(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
+async fn serve_regular(worker: &Worker, mut ctx: ConnCtx, stream: TcpStream) {
     let Some(tcp) = to_poll(stream) else { return };
     let mut client = ClientIo::Plain(tcp);
     let exit = engine::serve(
@@ -107,6 +111,9 @@ async fn serve_regular(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
         passthrough(worker, &ctx, tcp, leftover, dest, None, "ignore-hosts").await;
         return;
     }
+    if host.parse::<std::net::IpAddr>().is_err() {
+        ctx.conn_host = Some(host);
+    }
     tunnel(worker, ctx, tcp, leftover, dest).await;
 }
 
@@ -139,7 +146,28 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
                 return;
             }
             ctx.sni = sni_host;
-            intercept_tls(worker, ctx, tcp, buf, hello, dest).await;
+            match verdict::for_connection(worker, &ctx, dest.port) {
+                ConnVerdict::Intercept => intercept_tls(worker, ctx, tcp, buf, hello, dest).await,
+                ConnVerdict::Passthrough { rule } => {
+                    let sni = ctx.sni.clone();
+                    let reason = format!("rule {rule}");
+                    passthrough(worker, &ctx, tcp, buf, dest, sni, &reason).await;
+                }
+                ConnVerdict::Deny { how, rule } => {
+                    worker.shared.metrics.conn(ctx.mode, ConnKind::Refused);
+                    let host = ctx.sni.clone().unwrap_or_else(|| dest.authority());
+                    let how_s = match how {
+                        DenyHow::TlsAlert => "TLS alert",
+                        DenyHow::Reset => "reset",
+                    };
+                    log_conn_error(
+                        worker,
+                        &ctx,
+                        format!("denied {host} before TLS ({how_s}) [deny rule {rule}]"),
+                    );
+                    deny_connection(tcp, how).await;
+                }
+            }
         }
         Sniff::Http1 => {
             worker.shared.metrics.conn(ctx.mode, ConnKind::Intercepted);
@@ -380,4 +408,25 @@ async fn passthrough(
     }
     flow.duration = t0.elapsed();
     shared.flowlog.tcp(flow);
+}
+
+/// Refuse a connection before TLS: a fatal `access_denied` alert, or a TCP
+/// reset (SO_LINGER 0 then close). No upstream connection is ever made.
+async fn deny_connection(mut tcp: Tcp, how: DenyHow) {
+    match how {
+        DenyHow::TlsAlert => {
+            // TLS record: alert, TLS 1.2 framing, length 2, fatal(2), access_denied(49).
+            let _ = tcp
+                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31])
+                .await;
+            let _ = tcp.flush().await;
+            let _ = tcp.shutdown().await;
+        }
+        DenyHow::Reset => {
+            use std::os::fd::{AsRawFd, BorrowedFd};
+            // SAFETY: the fd belongs to `tcp`, alive for this borrow.
+            let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
+            let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tproxy::config::{CaCommand, Cli, Command, Config};
+use tproxy::config::{CaCommand, Cli, Command, Config, RulesCommand};
 use tproxy::tls::ca::{CertificateAuthority, trust_instructions};
 
 #[global_allocator]
@@ -21,6 +21,9 @@ fn main() -> ExitCode {
     }));
     let result = match cli.command {
         Some(Command::Ca(cmd)) => ca(cmd),
+        Some(Command::Rules(RulesCommand::Check { file })) => tproxy::policy::check_file(&file)
+            .map(|text| print!("{text}"))
+            .map_err(|e| format!("{}: {e}", file.display())),
         None => Config::try_from(&cli.run)
             .map_err(|e| e.to_string())
             .and_then(|cfg| tproxy::run::run(cfg).map_err(|e| e.to_string())),

@@ -61,6 +61,18 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         vec![b"http/1.1".to_vec()],
     )?;
     let metrics = Metrics::new()?;
+    let policy = match &cfg.rules {
+        Some(path) => crate::policy::LivePolicy::watch(path)
+            .map_err(|e| StartError::Other(format!("--rules {}: {e}", path.display())))?,
+        None => crate::policy::LivePolicy::fixed(crate::policy::Policy::allow_all()),
+    };
+    let pods =
+        match &cfg.pod_directory {
+            Some(path) => Some(crate::poddir::LiveDirectory::watch(path).map_err(|e| {
+                StartError::Other(format!("--pod-directory {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
 
     // Bind everything before starting anything, so errors are immediate.
     let mut per_worker: Vec<Vec<(Mode, std::net::TcpListener)>> =
@@ -107,6 +119,8 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         listen_addrs,
         shutting_down: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        policy,
+        pods,
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();

@@ -33,6 +33,10 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// Client connections being served, across workers.
     pub in_flight: AtomicUsize,
+    /// Policy rules, reloaded live.
+    pub policy: crate::policy::LivePolicy,
+    /// Client IP → pod, reloaded live (absent without --pod-directory).
+    pub pods: Option<crate::poddir::LiveDirectory>,
 }
 
 impl Shared {
@@ -45,6 +49,12 @@ impl Shared {
                     || (l.ip().is_unspecified()
                         && (addr.ip().is_loopback() || is_local_ip(addr.ip()))))
         })
+    }
+
+    /// Whether a rules file is in use (without one, every request is
+    /// intercepted and forwarded, and no rule is named in the logs).
+    pub fn policy_configured(&self) -> bool {
+        self.cfg.rules.is_some()
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -70,9 +80,18 @@ pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub pool: RefCell<Pool>,
+    /// This worker's view of the live policy (one atomic load per use).
+    pub policy: RefCell<crate::policy::watch::Snapshot<crate::policy::Policy>>,
+    pub pods: Option<RefCell<crate::policy::watch::Snapshot<crate::poddir::PodDirectory>>>,
 }
 
 impl Worker {
+    /// The pod a client IP belongs to, from the pod directory.
+    pub fn source_pod(&self, ip: std::net::IpAddr) -> Option<Arc<crate::poddir::PodInfo>> {
+        let pods = self.pods.as_ref()?;
+        pods.borrow_mut().get().lookup(ip)
+    }
+
     /// Return an upstream connection to the pool (or close it if full).
     pub fn release_upstream(&self, conn: crate::upstream::UpstreamConn) {
         let rejected = self.pool.borrow_mut().put(conn);
@@ -126,6 +145,8 @@ pub fn run(
             id,
             shared: shared.clone(),
             pool: RefCell::new(Pool::default()),
+            policy: RefCell::new(shared.policy.snapshot()),
+            pods: shared.pods.as_ref().map(|p| RefCell::new(p.snapshot())),
         });
         let mut accept_tasks = Vec::new();
         for (mode, std_listener) in listeners {

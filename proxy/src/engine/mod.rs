@@ -6,6 +6,7 @@
 pub mod body;
 mod request;
 mod respond;
+pub mod verdict;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,8 +32,12 @@ use respond::send_error;
 pub struct ConnCtx {
     pub client: SocketAddr,
     pub mode: Mode,
-    /// SNI the client sent (intercepted TLS), for the flow log.
+    /// SNI the client sent (intercepted TLS), for the flow log and rules.
     pub sni: Option<String>,
+    /// CONNECT target host (regular mode), for rules.
+    pub conn_host: Option<String>,
+    /// The client's pod, from the pod directory (looked up once).
+    pub source: Option<std::sync::Arc<crate::poddir::PodInfo>>,
 }
 
 /// How the request loop ended.
@@ -147,6 +152,36 @@ pub async fn serve(
             }
         };
         let mut flow = new_flow(worker, ctx, started, &head, &route);
+        // The client-facing scheme: TLS towards the upstream iff TLS was intercepted
+        // (or an explicit `https://` absolute-form request).
+        let tls = route.target.tls.is_some();
+        let verdict = verdict::for_request(worker, ctx, tls, &route, &head.method);
+        flow.decision = verdict.decision;
+        flow.rule = verdict.rule.clone();
+        if let Some(deny) = &verdict.deny {
+            // Answered by tproxy: the upstream is never contacted.
+            let keep = matches!(req_kind, BodyKind::Empty) && !request::wants_close(&head);
+            let ok = client
+                .write_all(&verdict::deny_response(deny, keep))
+                .await
+                .is_ok()
+                && client.flush().await.is_ok();
+            flow.response = Some(ResponseSummary {
+                status: deny.status,
+                reason: respond::reason(deny.status).to_owned(),
+                version: HttpVersion::Http11,
+                headers: Vec::new(),
+                body: None,
+            });
+            flow.response_bytes = deny.body.len() as u64;
+            flow.timings.total = t0.elapsed();
+            shared.metrics.request(Some(deny.status));
+            shared.flowlog.http(flow);
+            if keep && ok {
+                continue;
+            }
+            break;
+        }
 
         // 3. Upstream connection.
         if let Some(e) = pre_error.take() {
@@ -186,7 +221,7 @@ pub async fn serve(
 
         // 4. Exchange.
         let outcome = exchange(
-            worker, client, &mut buf, &mut conn, head, req_kind, &route, &mut flow, t0,
+            worker, client, &mut buf, &mut conn, head, req_kind, &route, &verdict, &mut flow, t0,
         )
         .await;
         flow.timings.total = t0.elapsed();
@@ -233,6 +268,7 @@ async fn exchange(
     head: RequestHead,
     req_kind: BodyKind,
     route: &request::Route,
+    verdict: &verdict::Verdict,
     flow: &mut HttpFlow,
     t0: Instant,
 ) -> Outcome {
@@ -248,7 +284,8 @@ async fn exchange(
     let method = head.method.clone();
 
     // Request head upstream.
-    let up_head = request::upstream_head(head, route, req_kind, upgrade.as_deref());
+    let mut up_head = request::upstream_head(head, route, req_kind, upgrade.as_deref());
+    verdict::apply(&verdict.request_headers, &mut up_head.headers);
     let mut out = Vec::with_capacity(512);
     codec::write_request_head(&up_head, &mut out);
     if let Err(e) = conn.io.write_all(&out).await {
@@ -400,6 +437,7 @@ async fn exchange(
     let close_client = client_close || matches!(resp_kind, BodyKind::UntilClose) || dechunk;
     let mut down = resp.clone();
     codec::remove_hop_by_hop(&mut down.headers, !dechunk);
+    verdict::apply(&verdict.response_headers, &mut down.headers);
     if dechunk {
         down.headers.remove("transfer-encoding");
     }

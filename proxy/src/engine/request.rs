@@ -24,6 +24,8 @@ pub struct Route {
     pub host_header: String,
     /// Request target in origin-form (`/path?query`).
     pub path: String,
+    /// Host of the URL (no port), for policy matching.
+    pub host: String,
 }
 
 /// Route `head` within `scope`. Errors are messages for a 400.
@@ -65,6 +67,7 @@ pub fn route(scope: &Scope, head: &RequestHead) -> Result<Route, String> {
                 host_header: auth.to_owned(),
                 target,
                 path,
+                host,
             })
         }
         Scope::Fixed { target, tls } => {
@@ -94,6 +97,7 @@ pub fn route(scope: &Scope, head: &RequestHead) -> Result<Route, String> {
                 host_header,
                 target: target.clone(),
                 path,
+                host: url_host,
             })
         }
     }

@@ -7,10 +7,21 @@ use crate::net::stream::ClientIo;
 /// Standard reason phrase for the statuses tproxy produces.
 pub fn reason(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
         405 => "Method Not Allowed",
         418 => "I'm a teapot",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
         502 => "Bad Gateway",
         504 => "Gateway Timeout",
         508 => "Loop Detected",

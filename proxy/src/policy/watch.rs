@@ -110,6 +110,14 @@ impl<T> Live<T> {
     }
 }
 
+impl<T> std::fmt::Debug for Snapshot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A worker's cached view of a [`Live`] value.
 pub struct Snapshot<T> {
     shared: Arc<Shared<T>>,
@@ -129,7 +137,10 @@ impl<T> Snapshot<T> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             self.cached = Arc::clone(&cur);
-            self.generation = self.shared.generation.load(Ordering::Acquire);
+            // `g` was read before the clone: what we cached is at least that
+            // new. (Re-reading here could skip a reload that landed between
+            // the clone and the read, leaving this worker stale.)
+            self.generation = g;
         }
         &self.cached
     }
