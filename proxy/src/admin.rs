@@ -62,10 +62,7 @@ fn route(method: &str, path: &str, shared: &Shared) -> (&'static str, &'static s
     }
     match path {
         "/metrics" => {
-            shared
-                .metrics
-                .cert_cache_entries
-                .set(shared.certs.len() as i64);
+            sync_metrics(shared);
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -90,5 +87,26 @@ fn route(method: &str, path: &str, shared: &Shared) -> (&'static str, &'static s
             TEXT,
             "tproxy admin: /metrics /healthz /readyz /ca.pem\n".into(),
         ),
+    }
+}
+
+/// Mirror counters that live elsewhere as atomics into the registry.
+fn sync_metrics(shared: &Shared) {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::metrics::Metrics;
+    let m = &shared.metrics;
+    m.cert_cache_entries.set(shared.certs.len() as i64);
+    let p = &shared.policy;
+    Metrics::sync(&m.policy_reload_ok, p.reload_ok().load(Relaxed));
+    Metrics::sync(&m.policy_reload_error, p.reload_error().load(Relaxed));
+    Metrics::sync(
+        &m.failopen_rejects,
+        p.fail_open().rejects_total.load(Relaxed),
+    );
+    Metrics::sync(&m.failopen_opened, p.fail_open().opened_total.load(Relaxed));
+    if let Some(d) = &shared.pods {
+        Metrics::sync(&m.poddir_reload_ok, d.reload_ok().load(Relaxed));
+        Metrics::sync(&m.poddir_reload_error, d.reload_error().load(Relaxed));
     }
 }

@@ -145,6 +145,13 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
                 .await;
                 return;
             }
+            // TLS fail-open: a host whose clients keep rejecting our
+            // certificate (pinning) is passed through for a while.
+            let fail_host = sni_host.clone().unwrap_or_else(|| dest.host.clone());
+            if worker.shared.policy.fail_open().is_open(&fail_host) {
+                passthrough(worker, &ctx, tcp, buf, dest, sni_host, "tls fail-open").await;
+                return;
+            }
             ctx.sni = sni_host;
             match verdict::for_connection(worker, &ctx, dest.port) {
                 ConnVerdict::Intercept => intercept_tls(worker, ctx, tcp, buf, hello, dest).await,
@@ -326,6 +333,9 @@ async fn intercept_tls(
         Ok(Err(e)) => {
             shared.metrics.tls_failed[crate::metrics::CLIENT].inc();
             let msg = if crate::tls::upstream::client_rejected_our_cert(&e) {
+                if shared.policy.fail_open().record_client_reject(&host) {
+                    tracing::warn!(%host, "tls fail-open: passing this host through for the configured TTL");
+                }
                 format!("client does not trust the tproxy CA for {host} ({e})")
             } else {
                 format!("TLS handshake with client failed for {host}: {e}")

@@ -35,6 +35,14 @@ pub struct Metrics {
     pub upstream_connect_errors: IntCounter,
     pub pool_reuse: IntCounter,
     pub workers: IntGaugeVec,
+    /// Live reloads of the rules file / pod directory, by result (synced at scrape).
+    pub policy_reload_ok: IntCounter,
+    pub policy_reload_error: IntCounter,
+    pub poddir_reload_ok: IntCounter,
+    pub poddir_reload_error: IntCounter,
+    /// TLS fail-open: client certificate rejections, hosts opened.
+    pub failopen_rejects: IntCounter,
+    pub failopen_opened: IntCounter,
 }
 
 fn mode_idx(m: Mode) -> usize {
@@ -121,8 +129,24 @@ impl Metrics {
             ),
             &["worker", "driver"],
         )?;
+        let reload_vec = IntCounterVec::new(
+            Opts::new(
+                "tproxy_config_reloads_total",
+                "Live reloads of watched files (rules, pod directory), by result; a rejected file keeps the previous version.",
+            ),
+            &["file", "result"],
+        )?;
+        let failopen_vec = IntCounterVec::new(
+            Opts::new(
+                "tproxy_tls_fail_open_total",
+                "TLS fail-open: client rejections of our certificate (rejected) and hosts passed through for the TTL (opened).",
+            ),
+            &["event"],
+        )?;
         for c in [
-            Box::new(conns_vec.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reload_vec.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failopen_vec.clone()),
+            Box::new(conns_vec.clone()),
             Box::new(active_vec.clone()),
             Box::new(req_vec.clone()),
             Box::new(bytes_vec.clone()),
@@ -176,6 +200,12 @@ impl Metrics {
             upstream_connect_errors: up_vec.with_label_values(&["failed"]),
             pool_reuse: up_vec.with_label_values(&["reused"]),
             workers,
+            policy_reload_ok: reload_vec.with_label_values(&["rules", "ok"]),
+            policy_reload_error: reload_vec.with_label_values(&["rules", "error"]),
+            poddir_reload_ok: reload_vec.with_label_values(&["pod_directory", "ok"]),
+            poddir_reload_error: reload_vec.with_label_values(&["pod_directory", "error"]),
+            failopen_rejects: failopen_vec.with_label_values(&["rejected"]),
+            failopen_opened: failopen_vec.with_label_values(&["opened"]),
             registry,
         })
     }
@@ -195,6 +225,15 @@ impl Metrics {
             _ => 5,
         };
         self.requests[idx].inc();
+    }
+
+    /// Raise a counter to `value` (counters kept as atomics elsewhere are
+    /// mirrored at scrape time, never on the request path).
+    pub fn sync(counter: &IntCounter, value: u64) {
+        let cur = counter.get();
+        if value > cur {
+            counter.inc_by(value - cur);
+        }
     }
 
     /// Prometheus text exposition.

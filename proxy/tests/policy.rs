@@ -230,3 +230,122 @@ fn rules_check_prints_rules_and_fails_with_the_line_on_a_bad_file() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// One keep-alive client connection to the proxy speaking absolute-form.
+struct KeepAlive {
+    s: std::io::BufReader<std::net::TcpStream>,
+    req: Vec<u8>,
+}
+
+impl KeepAlive {
+    fn new(p: &Proxy, url: &str) -> KeepAlive {
+        let s = std::net::TcpStream::connect(p.addr("regular")).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let req = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+        KeepAlive {
+            s: std::io::BufReader::new(s),
+            req,
+        }
+    }
+
+    /// Status of one request, or an error text (reset, EOF, garbage).
+    fn get(&mut self) -> Result<u16, String> {
+        use std::io::{BufRead, Read, Write};
+        self.s
+            .get_mut()
+            .write_all(&self.req)
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.s.read_line(&mut line).map_err(|e| e.to_string())?;
+        let status: u16 = line
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .ok_or(format!("bad status line {line:?}"))?;
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            self.s.read_line(&mut h).map_err(|e| e.to_string())?;
+            if h == "\r\n" || h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().map_err(|_| format!("bad length {h:?}"))?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.s.read_exact(&mut body).map_err(|e| e.to_string())?;
+        Ok(status)
+    }
+}
+
+#[test]
+fn reload_under_load_fails_no_request_and_follows_the_policy_in_force() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    const ALLOW: &str = "rules: []\ndefault: allow\n";
+    const DENY: &str = "rules: []\ndefault: {action: deny}\n";
+    let (_pki, ng, p, dir) = setup(ALLOW);
+    let file = dir.path().join("rules.yaml");
+    let url = format!("{}/small.txt", ng.http_base());
+
+    // Background load: one keep-alive connection, every result timestamped.
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Vec<(Instant, Result<u16, String>)>>> = Arc::default();
+    let loader = {
+        let (stop, log) = (stop.clone(), log.clone());
+        let mut c = KeepAlive::new(&p, &url);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let t = Instant::now();
+                let r = c.get();
+                let failed = r.is_err();
+                log.lock().unwrap().push((t, r));
+                if failed {
+                    break;
+                }
+            }
+        })
+    };
+
+    // 20 rewrites, alternating; each phase starts when a probe sees it.
+    let mut probe = KeepAlive::new(&p, &url);
+    let mut phases = Vec::new();
+    for i in 0..20 {
+        let (text, want) = if i % 2 == 0 {
+            (DENY, 418)
+        } else {
+            (ALLOW, 200)
+        };
+        std::fs::write(&file, text).unwrap();
+        let seen = wait_until(T, || (probe.get() == Ok(want)).then(Instant::now));
+        let seen =
+            seen.unwrap_or_else(|| panic!("rewrite {i} not applied within {T:?}\n{}", p.dump()));
+        std::thread::sleep(Duration::from_millis(150));
+        phases.push((seen, Instant::now(), want));
+    }
+    stop.store(true, Ordering::Relaxed);
+    loader.join().unwrap();
+
+    let log = log.lock().unwrap();
+    assert!(log.len() > 40, "load loop made only {} requests", log.len());
+    for (t, r) in log.iter() {
+        let status = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a request failed during reloads: {e}\n{}", p.dump()));
+        assert!(
+            *status == 200 || *status == 418,
+            "unexpected status {status}"
+        );
+        // A request sent inside a phase (after its policy was observed and
+        // before the next rewrite) must get that phase's answer.
+        if let Some((_, _, want)) = phases.iter().find(|(from, to, _)| t > from && t < to) {
+            assert_eq!(status, want, "request at {t:?} answered by the old policy");
+        }
+    }
+}
