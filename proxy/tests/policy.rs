@@ -292,7 +292,8 @@ fn reload_under_load_fails_no_request_and_follows_the_policy_in_force() {
 
     // Background load: one keep-alive connection, every result timestamped.
     let stop = Arc::new(AtomicBool::new(false));
-    let log: Arc<Mutex<Vec<(Instant, Result<u16, String>)>>> = Arc::default();
+    type Results = Vec<(Instant, Result<u16, String>)>;
+    let log: Arc<Mutex<Results>> = Arc::default();
     let loader = {
         let (stop, log) = (stop.clone(), log.clone());
         let mut c = KeepAlive::new(&p, &url);
