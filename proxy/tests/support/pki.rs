@@ -9,8 +9,7 @@ use std::time::Duration;
 use super::run_ok;
 
 /// Names the server certificate covers.
-pub const SERVER_SANS: &str =
-    "DNS:localhost,DNS:upstream.test,IP:127.0.0.1,IP:198.18.2.2,IP:198.18.2.3";
+pub const SERVER_SANS: &str = "DNS:localhost,DNS:upstream.test,DNS:my-bucket.s3.amazonaws.com,DNS:s3.amazonaws.com,IP:127.0.0.1,IP:198.18.2.2,IP:198.18.2.3";
 
 /// A CA and a server certificate in a temporary directory.
 pub struct TestPki {
