@@ -50,6 +50,10 @@ fn s(p: &Path) -> &str {
 }
 
 fn setup(rules: &str) -> (TestPki, Nginx, Proxy, tempfile::TempDir) {
+    setup_with(rules, &[])
+}
+
+fn setup_with(rules: &str, extra: &[&str]) -> (TestPki, Nginx, Proxy, tempfile::TempDir) {
     let pki = TestPki::new();
     let ng = Nginx::start(&pki);
     let dir = tempfile::tempdir().unwrap();
@@ -58,6 +62,7 @@ fn setup(rules: &str) -> (TestPki, Nginx, Proxy, tempfile::TempDir) {
     let p = ProxyBuilder::new()
         .upstream_ca(&pki.ca_pem())
         .args(&["--rules", s(&file)])
+        .args(extra)
         .spawn();
     (pki, ng, p, dir)
 }
@@ -349,4 +354,31 @@ fn reload_under_load_fails_no_request_and_follows_the_policy_in_force() {
             assert_eq!(status, want, "request at {t:?} answered by the old policy");
         }
     }
+}
+
+#[test]
+fn rule_tag_and_redact_reach_the_flow_log() {
+    let rules = "rules:\n  - name: tagged\n    match: {path_prefix: /small.txt}\n    action: allow\n    \
+                 tag: files\n    redact: [x-team-key]\n    request_headers: {set: {x-added: yes}}\ndefault: allow\n";
+    let (_pki, ng, p, _dir) = setup_with(rules, &["--flow-detail", "2"]);
+    let url = format!("{}/small.txt", ng.http_base());
+    let r = curl(&["-x", &p.proxy_url(), "-H", "X-Team-Key: hunter2", &url]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        p.wait_for_stdout(r"<< 200 OK .*\[rule tagged tag files\]", T)
+            .is_some(),
+        "{}",
+        p.dump()
+    );
+    assert!(
+        p.wait_for_stdout(r"(?i)^\s+x-team-key: \.\.\.$", T)
+            .is_some(),
+        "{}",
+        p.dump()
+    );
+    assert!(
+        !p.flow_lines().iter().any(|l| l.contains("hunter2")),
+        "{}",
+        p.dump()
+    );
 }

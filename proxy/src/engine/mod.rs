@@ -158,6 +158,9 @@ pub async fn serve(
         let verdict = verdict::for_request(worker, ctx, tls, &route, &head.method);
         flow.decision = verdict.decision;
         flow.rule = verdict.rule.clone();
+        flow.tag = verdict.tag.clone();
+        let show_secrets = shared.cfg.show_secrets;
+        verdict.redact_logged(&mut flow.request_headers, show_secrets);
         if let Some(deny) = &verdict.deny {
             // Answered by tproxy: the upstream is never contacted.
             let keep = matches!(req_kind, BodyKind::Empty) && !request::wants_close(&head);
@@ -477,6 +480,7 @@ async fn exchange(
     }
     if let Some(r) = flow.response.as_mut() {
         r.body = resp_cap.finish();
+        verdict.redact_logged(&mut r.headers, shared.cfg.show_secrets);
     }
     let _ = client.flush().await;
     let upstream_reusable = !matches!(resp_kind, BodyKind::UntilClose)
@@ -542,6 +546,7 @@ fn new_flow(
         timings: Timings::default(),
         decision: "intercept",
         rule: None,
+        tag: None,
         error: None,
     }
 }

@@ -23,6 +23,10 @@ pub struct Verdict {
     pub rule: Option<String>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
+    /// The rule's tag, for logs (and later metrics).
+    pub tag: Option<String>,
+    /// Extra header names (lower-case) the rule wants redacted in logs.
+    pub redact: Vec<String>,
 }
 
 impl Verdict {
@@ -33,6 +37,21 @@ impl Verdict {
             rule: None,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
+            tag: None,
+            redact: Vec::new(),
+        }
+    }
+
+    /// Replace the values of the rule's `redact` headers in a logged header
+    /// copy (the built-in credential redaction happens in the flow log).
+    pub fn redact_logged(&self, headers: &mut [(String, String)], show_secrets: bool) {
+        if show_secrets || self.redact.is_empty() {
+            return;
+        }
+        for (name, value) in headers.iter_mut() {
+            if self.redact.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+                *value = "...".to_owned();
+            }
         }
     }
 }
@@ -79,6 +98,8 @@ pub fn for_request(
         rule: Some(d.rule.to_owned()),
         request_headers: d.request_headers.clone(),
         response_headers: d.response_headers.clone(),
+        tag: d.tag.map(str::to_owned),
+        redact: d.redact.to_vec(),
     }
 }
 
@@ -160,4 +181,42 @@ pub fn deny_response(d: &DenyResponse, keep_alive: bool) -> Vec<u8> {
     ));
     out.push_str(&d.body);
     out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_apply_but_never_touch_framing() {
+        let mut h = Headers::new();
+        h.append("Content-Length", "5");
+        h.append("X-Drop", "1");
+        h.append("X-Keep", "old");
+        let edits = HeaderEdits {
+            set: vec![
+                ("x-keep".into(), "new".into()),
+                ("content-length".into(), "999".into()),
+            ],
+            remove: vec!["x-drop".into(), "transfer-encoding".into()],
+        };
+        apply(&edits, &mut h);
+        assert_eq!(h.get("x-keep"), Some(&b"new"[..]));
+        assert!(h.get("x-drop").is_none());
+        assert_eq!(h.get("content-length"), Some(&b"5"[..]));
+    }
+
+    #[test]
+    fn deny_response_is_well_formed() {
+        let d = DenyResponse {
+            status: 418,
+            body: "Access Denied by Administrator".into(),
+            headers: vec![("x-why".into(), "policy".into())],
+            connection: crate::policy::DenyConnection::Respond,
+        };
+        let r = String::from_utf8(deny_response(&d, true)).unwrap();
+        assert!(r.starts_with("HTTP/1.1 418 I'm a teapot\r\n"), "{r}");
+        assert!(r.contains("x-why: policy\r\n") && r.contains("connection: keep-alive\r\n"));
+        assert!(r.ends_with("\r\n\r\nAccess Denied by Administrator"));
+    }
 }

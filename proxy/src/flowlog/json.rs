@@ -115,6 +115,7 @@ struct HttpRecord<'a> {
     timings_ms: Timings,
     decision: &'a str,
     rule: Option<&'a str>,
+    tag: Option<&'a str>,
     error: Option<&'a str>,
     // Detail-gated: absent below the level, present (maybe null) at it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,6 +183,7 @@ pub(crate) fn http(out: &mut Vec<u8>, f: &HttpFlow, opts: &Opts) -> serde_json::
         },
         decision: f.decision,
         rule: f.rule.as_deref(),
+        tag: f.tag.as_deref(),
         error: f.error.as_deref(),
         request_headers: (opts.detail >= 2).then(|| headers(&f.request_headers, opts)),
         response_headers: (opts.detail >= 2).then(|| resp.map(|r| headers(&r.headers, opts))),

@@ -185,6 +185,8 @@ pub struct HttpFlow {
     pub decision: &'static str,
     /// Name of the policy rule that decided, if any.
     pub rule: Option<String>,
+    /// The deciding rule's `tag` (a label for logs and metrics), if any.
+    pub tag: Option<String>,
     /// What went wrong, if anything.
     pub error: Option<String>,
 }

@@ -92,10 +92,10 @@ fn push_arrows(out: &mut String, client_len: usize, version_len: usize, detail: 
     out.push_str(" << ");
 }
 
-/// `[deny rule block-all]`, `[rule allow-s3]`, `[deny]` or nothing.
-fn push_decision_tag(out: &mut String, decision: &str, rule: Option<&str>) {
+/// `[deny rule block-all]`, `[rule allow-s3 tag s3]`, `[deny]` or nothing.
+fn push_decision_tag(out: &mut String, decision: &str, rule: Option<&str>, tag: Option<&str>) {
     let show_decision = !matches!(decision, "intercept" | "allow" | "");
-    if !show_decision && rule.is_none() {
+    if !show_decision && rule.is_none() && tag.is_none() {
         return;
     }
     out.push_str(" [");
@@ -108,6 +108,14 @@ fn push_decision_tag(out: &mut String, decision: &str, rule: Option<&str>) {
     if let Some(rule) = rule {
         out.push_str("rule ");
         push_escaped(out, rule);
+    }
+    if let Some(tag) = tag {
+        out.push_str(if show_decision || rule.is_some() {
+            " tag "
+        } else {
+            "tag "
+        });
+        push_escaped(out, tag);
     }
     out.push(']');
 }
@@ -283,7 +291,7 @@ pub(crate) fn http(out: &mut String, f: &HttpFlow, opts: &Opts) {
         }
         out.push(' ');
         push_pretty_size(out, f.response_bytes);
-        push_decision_tag(out, f.decision, f.rule.as_deref());
+        push_decision_tag(out, f.decision, f.rule.as_deref(), f.tag.as_deref());
         tagged = true;
         out.push('\n');
         if detail >= 2 {
@@ -300,7 +308,7 @@ pub(crate) fn http(out: &mut String, f: &HttpFlow, opts: &Opts) {
         out.push_str("error: ");
         push_escaped(out, f.error.as_deref().unwrap_or("no response"));
         if !tagged {
-            push_decision_tag(out, f.decision, f.rule.as_deref());
+            push_decision_tag(out, f.decision, f.rule.as_deref(), f.tag.as_deref());
         }
         out.push('\n');
     }

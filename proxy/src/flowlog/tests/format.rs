@@ -331,6 +331,7 @@ const HTTP_KEYS: &[&str] = &[
     "timings_ms",
     "decision",
     "rule",
+    "tag",
     "error",
 ];
 
@@ -399,6 +400,7 @@ fn json_http_without_response_has_nulls() {
     assert_eq!(v["error"], "connect refused");
     assert_eq!(v["rule"], "r1");
     assert_eq!(v["decision"], "deny");
+    assert!(v["tag"].is_null());
 }
 
 #[test]

@@ -64,6 +64,7 @@ pub(super) fn flow() -> HttpFlow {
         },
         decision: "intercept",
         rule: None,
+        tag: None,
         error: None,
     }
 }
