@@ -13,11 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use serde::Deserialize;
 
-use crate::policy::watch::{self, Live, Snapshot, WatchHandle};
+use crate::policy::watch::{self, Live, WatchHandle};
 
 /// The schema version this reader understands.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -217,29 +216,14 @@ impl LiveDirectory {
             _watch: handle,
         })
     }
+}
 
-    /// Per-worker cached handle (one atomic load per `get`).
-    pub fn snapshot(&self) -> Snapshot<PodDirectory> {
-        self.live.snapshot()
-    }
+/// `snapshot()`, `load()`, `generation()`, `reload_ok()`, `reload_error()`
+/// come from the shared [`Live`] value.
+impl std::ops::Deref for LiveDirectory {
+    type Target = Live<PodDirectory>;
 
-    /// The current directory (takes a lock).
-    pub fn current(&self) -> Arc<PodDirectory> {
-        self.live.load()
-    }
-
-    /// Generation (1 at start, +1 per reload).
-    pub fn generation(&self) -> u64 {
-        self.live.generation()
-    }
-
-    /// Successful reloads.
-    pub fn reload_ok(&self) -> &AtomicU64 {
-        self.live.reload_ok()
-    }
-
-    /// Rejected reloads.
-    pub fn reload_error(&self) -> &AtomicU64 {
-        self.live.reload_error()
+    fn deref(&self) -> &Self::Target {
+        &self.live
     }
 }

@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
-use super::watch::{self, Live, Snapshot, WatchHandle};
+use super::watch::{self, Live, WatchHandle};
 use super::{FailOpen, Policy, PolicyError};
 
 /// The current [`Policy`] plus generation, reload counters and the
@@ -70,33 +69,18 @@ impl LivePolicy {
         }
     }
 
-    /// Per-worker cached handle: `snapshot.get()` costs one atomic load.
-    pub fn snapshot(&self) -> Snapshot<Policy> {
-        self.live.snapshot()
-    }
-
-    /// The current policy (takes a lock; workers use [`Self::snapshot`]).
-    pub fn current(&self) -> Arc<Policy> {
-        self.live.load()
-    }
-
-    /// Generation (1 = loaded at start, +1 per successful reload).
-    pub fn generation(&self) -> u64 {
-        self.live.generation()
-    }
-
-    /// Successful reloads.
-    pub fn reload_ok(&self) -> &AtomicU64 {
-        self.live.reload_ok()
-    }
-
-    /// Rejected reloads (invalid, missing or unreadable file).
-    pub fn reload_error(&self) -> &AtomicU64 {
-        self.live.reload_error()
-    }
-
     /// The fail-open tracker (configured from the current policy).
     pub fn fail_open(&self) -> &Arc<FailOpen> {
         &self.fail_open
+    }
+}
+
+/// `snapshot()`, `load()`, `generation()`, `reload_ok()`, `reload_error()`
+/// come from the shared [`Live`] value.
+impl std::ops::Deref for LivePolicy {
+    type Target = Live<Policy>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.live
     }
 }
