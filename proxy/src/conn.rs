@@ -85,7 +85,7 @@ async fn serve_regular(worker: &Worker, mut ctx: ConnCtx, stream: TcpStream) {
     let ClientIo::Plain(mut tcp) = client else {
         return;
     };
-    let Some((host, port)) = engine_split_authority(&head.target) else {
+    let Some((host, port)) = connect_target(&head.target) else {
         let _ = tcp
             .write_all(&crate::engine::respond_error(
                 400,
@@ -117,7 +117,8 @@ async fn serve_regular(worker: &Worker, mut ctx: ConnCtx, stream: TcpStream) {
     tunnel(worker, ctx, tcp, leftover, dest).await;
 }
 
-fn engine_split_authority(target: &str) -> Option<(String, u16)> {
+/// `host:port` of a CONNECT request (the port is mandatory there).
+fn connect_target(target: &str) -> Option<(String, u16)> {
     let (h, p) = crate::engine::split_authority(target, 0)?;
     (p != 0).then_some((h, p))
 }
