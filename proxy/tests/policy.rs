@@ -382,3 +382,35 @@ fn rule_tag_and_redact_reach_the_flow_log() {
         p.dump()
     );
 }
+
+#[test]
+fn tls_fail_open_passes_a_rejecting_host_through() {
+    let rules = "rules: []\ndefault: allow\ntls_fail_open:\n  after: 2\n  ttl: 10m\n";
+    let (pki, ng, p, _dir) = setup(rules);
+    let url = format!("https://localhost:{}/small.txt", ng.https_port);
+    // A client pinned to the upstream's CA rejects tproxy's certificate.
+    for _ in 0..2 {
+        let r = curl(&["-x", &p.proxy_url(), "--cacert", s(&pki.ca_pem()), &url]);
+        assert_ne!(r.exit, 0, "interception should have been rejected: {r:?}");
+    }
+    assert!(
+        p.wait_for_stdout("client does not trust the tproxy CA for localhost", T)
+            .is_some(),
+        "{}",
+        p.dump()
+    );
+    // Now the host is passed through: the same client succeeds, end to end.
+    let r = curl(&["-x", &p.proxy_url(), "--cacert", s(&pki.ca_pem()), &url]);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
+    assert!(
+        p.wait_for_stdout(r"passthrough .*\(tls fail-open\)", T)
+            .is_some(),
+        "{}",
+        p.dump()
+    );
+}
