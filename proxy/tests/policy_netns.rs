@@ -116,13 +116,13 @@ fn example_bucket_policy_in_transparent_and_regular_mode() {
         );
     }
     assert!(
-        p.wait_for_stdout(r"<< 200 OK .*\[rule bucket-virtual-host\]", T)
+        p.wait_for_stdout(r"<< 200 OK .*\[rule bucket-virtual-host tag s3\]", T)
             .is_some(),
         "{}",
         p.dump()
     );
     assert!(
-        p.wait_for_stdout(r"<< 404 .*\[rule bucket-path-style\]", T)
+        p.wait_for_stdout(r"<< 404 .*\[rule bucket-path-style tag s3\]", T)
             .is_some(),
         "{}",
         p.dump()
