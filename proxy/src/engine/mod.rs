@@ -155,10 +155,11 @@ pub async fn serve(
         // The client-facing scheme: TLS towards the upstream iff TLS was intercepted
         // (or an explicit `https://` absolute-form request).
         let tls = route.target.tls.is_some();
-        let verdict = verdict::for_request(worker, ctx, tls, &route, &head.method);
+        let mut verdict = verdict::for_request(worker, ctx, tls, &route, &head.method);
         flow.decision = verdict.decision;
-        flow.rule = verdict.rule.clone();
-        flow.tag = verdict.tag.clone();
+        // Moved, not copied: the exchange below only needs the edits.
+        flow.rule = verdict.rule.take();
+        flow.tag = verdict.tag.take();
         let show_secrets = shared.cfg.show_secrets;
         verdict.redact_logged(&mut flow.request_headers, show_secrets);
         if let Some(deny) = &verdict.deny {
@@ -190,7 +191,7 @@ pub async fn serve(
         if let Some(e) = pre_error.take() {
             let status = e.status();
             let _ = send_error(client, status, &e.to_string()).await;
-            finish_error(worker, &mut flow, t0, e.to_string());
+            finish_error(worker, flow, t0, e.to_string());
             break;
         }
         let conn = match current.take() {
@@ -214,7 +215,7 @@ pub async fn serve(
             Ok(x) => x,
             Err(e) => {
                 let _ = send_error(client, e.status(), &e.to_string()).await;
-                finish_error(worker, &mut flow, t0, e.to_string());
+                finish_error(worker, flow, t0, e.to_string());
                 break;
             }
         };
@@ -509,11 +510,11 @@ async fn upstream_failed(
     Outcome::CloseBoth
 }
 
-fn finish_error(worker: &Worker, flow: &mut HttpFlow, t0: Instant, msg: String) {
+fn finish_error(worker: &Worker, mut flow: HttpFlow, t0: Instant, msg: String) {
     flow.error = Some(msg);
     flow.timings.total = t0.elapsed();
     worker.shared.metrics.request(None);
-    worker.shared.flowlog.http(flow.clone());
+    worker.shared.flowlog.http(flow);
 }
 
 fn new_flow(
