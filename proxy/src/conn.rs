@@ -418,7 +418,7 @@ async fn passthrough(
         Err(e) => flow.error = Some(e),
     }
     flow.duration = t0.elapsed();
-    shared.flowlog.tcp(flow);
+    crate::observe::tcp_done(worker, ctx, flow);
 }
 
 /// Refuse a connection before TLS: a fatal `access_denied` alert, or a TCP

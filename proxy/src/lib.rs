@@ -14,6 +14,7 @@ pub mod flowlog;
 pub mod http1;
 pub mod metrics;
 pub mod net;
+pub mod observe;
 pub mod passthrough;
 pub mod poddir;
 pub mod policy;

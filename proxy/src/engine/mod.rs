@@ -19,6 +19,7 @@ use crate::http1::codec::{
     self, BodyKind, Headers, ParseError, RequestHead, ResponseHead, parse_request, parse_response,
 };
 use crate::net::stream::ClientIo;
+use crate::observe;
 use crate::upstream::{self, UpstreamConn, UpstreamError};
 use crate::worker::Worker;
 
@@ -152,6 +153,7 @@ pub async fn serve(
             }
         };
         let mut flow = new_flow(worker, ctx, started, &head, &route);
+        flow.trace = observe::trace::begin(worker, ctx, head.headers.get("traceparent"));
         // The client-facing scheme: TLS towards the upstream iff TLS was intercepted
         // (or an explicit `https://` absolute-form request).
         let tls = route.target.tls.is_some();
@@ -179,8 +181,7 @@ pub async fn serve(
             });
             flow.response_bytes = deny.body.len() as u64;
             flow.timings.total = t0.elapsed();
-            shared.metrics.request(Some(deny.status));
-            shared.flowlog.http(flow);
+            observe::http_done(worker, ctx, flow);
             if keep && ok {
                 continue;
             }
@@ -191,7 +192,7 @@ pub async fn serve(
         if let Some(e) = pre_error.take() {
             let status = e.status();
             let _ = send_error(client, status, &e.to_string()).await;
-            finish_error(worker, flow, t0, e.to_string());
+            finish_error(worker, ctx, flow, t0, e.to_string());
             break;
         }
         let conn = match current.take() {
@@ -215,7 +216,7 @@ pub async fn serve(
             Ok(x) => x,
             Err(e) => {
                 let _ = send_error(client, e.status(), &e.to_string()).await;
-                finish_error(worker, flow, t0, e.to_string());
+                finish_error(worker, ctx, flow, t0, e.to_string());
                 break;
             }
         };
@@ -229,12 +230,7 @@ pub async fn serve(
         )
         .await;
         flow.timings.total = t0.elapsed();
-        shared
-            .metrics
-            .request(flow.response.as_ref().map(|r| r.status));
-        shared.metrics.bytes_from_client.inc_by(flow.request_bytes);
-        shared.metrics.bytes_to_client.inc_by(flow.response_bytes);
-        shared.flowlog.http(flow);
+        observe::http_done(worker, ctx, flow);
         match outcome {
             Outcome::KeepAlive => current = Some(conn),
             Outcome::CloseUpstream => worker.closed_upstreams([conn]),
@@ -290,6 +286,9 @@ async fn exchange(
     // Request head upstream.
     let mut up_head = request::upstream_head(head, route, req_kind, upgrade.as_deref());
     verdict::apply(&verdict.request_headers, &mut up_head.headers);
+    if let Some(tp) = flow.trace.as_ref().and_then(|t| t.upstream_traceparent()) {
+        up_head.headers.set("traceparent", tp);
+    }
     let mut out = Vec::with_capacity(512);
     codec::write_request_head(&up_head, &mut out);
     if let Err(e) = conn.io.write_all(&out).await {
@@ -510,11 +509,10 @@ async fn upstream_failed(
     Outcome::CloseBoth
 }
 
-fn finish_error(worker: &Worker, mut flow: HttpFlow, t0: Instant, msg: String) {
+fn finish_error(worker: &Worker, ctx: &ConnCtx, mut flow: HttpFlow, t0: Instant, msg: String) {
     flow.error = Some(msg);
     flow.timings.total = t0.elapsed();
-    worker.shared.metrics.request(None);
-    worker.shared.flowlog.http(flow);
+    observe::http_done(worker, ctx, flow);
 }
 
 fn new_flow(
@@ -548,6 +546,7 @@ fn new_flow(
         decision: "intercept",
         rule: None,
         tag: None,
+        trace: None,
         error: None,
     }
 }

@@ -187,6 +187,8 @@ pub struct HttpFlow {
     pub rule: Option<String>,
     /// The deciding rule's `tag` (a label for logs and metrics), if any.
     pub tag: Option<String>,
+    /// Trace identity (spans and `traceparent`), when tracing is on.
+    pub trace: Option<crate::observe::FlowTrace>,
     /// What went wrong, if anything.
     pub error: Option<String>,
 }

@@ -65,6 +65,7 @@ pub(super) fn flow() -> HttpFlow {
         decision: "intercept",
         rule: None,
         tag: None,
+        trace: None,
         error: None,
     }
 }
