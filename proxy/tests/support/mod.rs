@@ -11,6 +11,7 @@
 //! * [`netns`] — the client → node → upstream namespace topology.
 #![allow(dead_code)] // Each test binary uses only part of the fixtures.
 
+pub mod h2up;
 pub mod netns;
 pub mod nginx;
 pub mod pki;

@@ -1,0 +1,448 @@
+//! HTTP/2 interception end to end with real clients and servers: curl and
+//! nghttp (nghttp2) through regular and transparent mode to nginx's h2
+//! listener, 100 concurrent streams on one client connection, a 100 MiB h2
+//! download, RST_STREAM propagation with siblings finishing, trailers, and
+//! translation both ways (h2 client → HTTP/1.1-only upstream, HTTP/1.1
+//! client → h2-only upstream).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::h2up::{H2CLIENT_PY, PyServer, run_client};
+use support::netns::{Topology, UPSTREAM_IP};
+use support::nginx::{Nginx, SMALL_BODY};
+use support::pki::TestPki;
+use support::proxy::{Proxy, ProxyBuilder};
+use support::pyup::{Kind, PyUpstream};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A regular-mode proxy trusting the test CA upstream, JSON flow log.
+fn json_proxy(pki: &TestPki) -> Proxy {
+    ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--log-format", "json"])
+        .spawn()
+}
+
+/// The JSON http records of the proxy's flow log.
+fn records(p: &Proxy) -> Vec<serde_json::Value> {
+    p.flow_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "http")
+        .collect()
+}
+
+/// Waits until `n` JSON http records whose url contains `needle` exist.
+fn wait_records(p: &Proxy, needle: &str, n: usize) -> Vec<serde_json::Value> {
+    let found = wait_until(T, || {
+        let r: Vec<_> = records(p)
+            .into_iter()
+            .filter(|v| v["url"].as_str().is_some_and(|u| u.contains(needle)))
+            .collect();
+        (r.len() >= n).then_some(r)
+    });
+    found.unwrap_or_else(|| panic!("fewer than {n} records for {needle}\n{}", p.dump()))
+}
+
+fn versions(rec: &serde_json::Value) -> (String, String) {
+    (
+        rec["request_http_version"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned(),
+        rec["response_http_version"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned(),
+    )
+}
+
+fn h2(a: &str) -> (String, String) {
+    (a.to_owned(), "HTTP/2.0".to_owned())
+}
+
+/// curl `args`, returning (body, `%{http_version}`).
+fn curl_version(ns: Option<&str>, args: &[&str]) -> (String, String) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    cmd.args(["-sS", "--max-time", "30", "-w", "\n%{http_version}"])
+        .args(args);
+    let out = run_ok(&mut cmd, Duration::from_secs(40));
+    let (body, version) = out.rsplit_once('\n').unwrap();
+    (body.to_owned(), version.to_owned())
+}
+
+#[test]
+fn curl_http2_regular_mode_is_h2_on_both_sides() {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let p = json_proxy(&pki);
+    let url = format!("{}/small.txt", ng.https_base());
+    let (body, version) = curl_version(
+        None,
+        &[
+            "--http2",
+            "-x",
+            &p.proxy_url(),
+            "--cacert",
+            s(&p.ca_cert()),
+            &url,
+        ],
+    );
+    assert_eq!(
+        (body.as_str(), version.as_str()),
+        (SMALL_BODY, "2"),
+        "{}",
+        p.dump()
+    );
+    let rec = &wait_records(&p, "/small.txt", 1)[0];
+    assert_eq!(versions(rec), h2("HTTP/2.0"), "{rec}");
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert!(ng.wait_access_log("\"GET /small.txt HTTP/2.0\" 200", T));
+}
+
+#[test]
+fn curl_and_nghttp_transparent_mode_are_h2_on_both_sides() {
+    if !require_root("curl_and_nghttp_transparent_mode_are_h2_on_both_sides") {
+        return;
+    }
+    const PROXY_PORT: u16 = 15002;
+    let topo = Topology::new("h2t");
+    let pki = TestPki::new();
+    let ng = Nginx::start_in_ns(&pki, &topo.upstream, UPSTREAM_IP, 80, 443);
+    let p = ProxyBuilder::new()
+        .netns(&topo.node)
+        .mode(&format!("transparent@0.0.0.0:{PROXY_PORT}"))
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--log-format", "json"])
+        .spawn();
+    topo.redirect_to(PROXY_PORT);
+    let c = Some(topo.client.as_str());
+
+    let url = format!("https://{UPSTREAM_IP}/small.txt");
+    let (body, version) = curl_version(c, &["--http2", "--cacert", s(&p.ca_cert()), &url]);
+    assert_eq!(
+        (body.as_str(), version.as_str()),
+        (SMALL_BODY, "2"),
+        "{}",
+        p.dump()
+    );
+
+    // nghttp2's own client: HTTP/2 only, several streams on one connection.
+    let nurl = format!("https://{UPSTREAM_IP}/index.html");
+    let out = run_ok(
+        topo.exec(&topo.client, "nghttp")
+            .args(["-v", "-t", "20"])
+            .args([&nurl, &url]),
+        Duration::from_secs(30),
+    );
+    assert!(out.contains("h2"), "nghttp did not negotiate h2:\n{out}");
+    assert_eq!(
+        out.matches(":status: 200").count(),
+        2,
+        "{out}\n{}",
+        p.dump()
+    );
+    assert!(out.contains(SMALL_BODY.trim()), "{out}");
+
+    for rec in wait_records(&p, "/small.txt", 2)
+        .iter()
+        .chain(&wait_records(&p, "/index.html", 1))
+    {
+        assert_eq!(versions(rec), h2("HTTP/2.0"), "{rec}");
+        assert_eq!(rec["status"], 200, "{rec}");
+    }
+    assert!(ng.wait_access_log("\"GET /index.html HTTP/2.0\" 200", T));
+    // Keep the namespaces until the processes in them are gone.
+    drop(p);
+    drop(ng);
+    drop(topo);
+}
+
+#[test]
+fn hundred_concurrent_streams_on_one_client_connection_all_complete() {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
+    let paths: Vec<String> = (0..100).map(|i| format!("/small.txt?i={i}")).collect();
+    let connect = ng.https_addr().to_string();
+    let proxy = p.addr("regular").to_string();
+    let ca = p.ca_cert();
+    let mut args = vec![
+        "--connect",
+        connect.as_str(),
+        "--proxy",
+        proxy.as_str(),
+        "--cafile",
+        s(&ca),
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    let out = run_client(H2CLIENT_PY, &args, Duration::from_secs(60));
+    let streams = out["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 100);
+    let want = sha256_hex(SMALL_BODY.as_bytes());
+    for st in streams {
+        assert_eq!(st["status"], 200, "{st}\n{}", p.dump());
+        assert_eq!(st["body_sha256"], want.as_str(), "{st}");
+    }
+    // One client connection: every flow has the same client address.
+    let lines = p.wait_for_stdout_n(r": GET https://\S+/small\.txt\?i=\d+ HTTP/2\.0$", 100, T);
+    assert_eq!(lines.len(), 100, "{}", p.dump());
+    let clients: HashSet<&str> = lines
+        .iter()
+        .map(|l| l.split(": GET").next().unwrap().rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(clients.len(), 1, "{clients:?}");
+}
+
+#[test]
+fn h2_download_100mib_is_byte_exact() {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
+    let url = format!("{}/big.bin", ng.https_base());
+    let mut child = Command::new("curl")
+        .args(["-sS", "--max-time", "150", "--http2", "-x", &p.proxy_url()])
+        .args(["--cacert", s(&p.ca_cert()), &url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (sha, n) = sha256_reader(child.stdout.take().unwrap()).unwrap();
+    let st = wait_until(Duration::from_secs(30), || child.try_wait().ok().flatten())
+        .expect("curl did not exit");
+    assert!(st.success(), "curl {st}\n{}", p.dump());
+    let (_, want) = big_file();
+    assert_eq!((sha.as_str(), n), (want.as_str(), BIG_LEN));
+    let re = format!(r": GET {} HTTP/2\.0$", regex::escape(&url));
+    assert!(p.wait_for_stdout(&re, T).is_some(), "{}", p.dump());
+    assert!(ng.wait_access_log("\"GET /big.bin HTTP/2.0\" 200", T));
+}
+
+#[test]
+fn upstream_reset_stream_is_reset_for_the_client_while_siblings_finish() {
+    let pki = TestPki::new();
+    let up = PyServer::h2_only(&pki);
+    let p = json_proxy(&pki);
+    let connect = up.addr.to_string();
+    let proxy = p.addr("regular").to_string();
+    let out = run_client(
+        H2CLIENT_PY,
+        &[
+            "--connect",
+            &connect,
+            "--proxy",
+            &proxy,
+            "--sni",
+            "upstream.test",
+            "--cafile",
+            s(&p.ca_cert()),
+            "/slow/a",
+            "/reset/b",
+            "/ok/c",
+            "/trailers",
+        ],
+        Duration::from_secs(60),
+    );
+    let st = |path: &str| {
+        out["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == path)
+            .cloned()
+            .unwrap()
+    };
+    let reset = st("/reset/b");
+    assert_eq!(reset["status"], serde_json::Value::Null, "{reset}");
+    assert_eq!(
+        reset["reset"],
+        11,
+        "the upstream's ENHANCE_YOUR_CALM must reach the client: {reset}\n{}",
+        p.dump()
+    );
+    for (path, body) in [("/slow/a", "ok /slow/a\n"), ("/ok/c", "ok /ok/c\n")] {
+        let s = st(path);
+        assert_eq!(
+            (s["status"].clone(), s["body_head"].clone()),
+            (200.into(), body.into()),
+            "{s}"
+        );
+        assert_eq!(s["reset"], serde_json::Value::Null, "{s}");
+    }
+    let tr = st("/trailers");
+    assert_eq!(tr["status"], 200, "{tr}");
+    assert_eq!(tr["body_head"], "body before trailers\n", "{tr}");
+    assert_eq!(
+        tr["trailers"],
+        serde_json::json!([["x-check", "yes"]]),
+        "trailers must be forwarded: {tr}"
+    );
+    // Every stream is its own flow; the reset one carries an error.
+    let recs = wait_records(&p, "upstream.test", 4);
+    let rec = recs
+        .iter()
+        .find(|r| r["url"].as_str().unwrap().ends_with("/reset/b"))
+        .unwrap();
+    assert!(!rec["error"].is_null(), "{rec}");
+}
+
+#[test]
+fn http1_client_reaches_an_h2_only_upstream() {
+    let pki = TestPki::new();
+    let up = PyServer::h2_only(&pki);
+    let p = json_proxy(&pki);
+    let base = format!("https://127.0.0.1:{}", up.addr.port());
+    let ca = p.ca_cert();
+    let hdrs = tempfile::NamedTempFile::new().unwrap();
+    let (body, version) = curl_version(
+        None,
+        &[
+            "--http1.1",
+            "-x",
+            &p.proxy_url(),
+            "--cacert",
+            s(&ca),
+            "-D",
+            s(hdrs.path()),
+            "-H",
+            "X-Test: one",
+            &format!("{base}/echo"),
+        ],
+    );
+    assert_eq!(version, "1.1", "the client side stays HTTP/1.1");
+    let head = std::fs::read_to_string(hdrs.path()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{}", p.dump());
+    assert!(
+        head.to_ascii_lowercase().contains("x-upstream: h2-only"),
+        "{head}"
+    );
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let got: Vec<(String, String)> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_owned(),
+                h[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let get = |n: &str| got.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(get(":method"), Some("GET"), "{got:?}");
+    assert_eq!(get(":path"), Some("/echo"), "{got:?}");
+    assert_eq!(get(":authority"), Some(&base[8..]), "{got:?}");
+    assert_eq!(get("x-test"), Some("one"), "{got:?}");
+    for banned in [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+    ] {
+        assert_eq!(
+            get(banned),
+            None,
+            "{banned} must not be sent over h2: {got:?}"
+        );
+    }
+
+    // A chunked request body is de-chunked into DATA frames, byte-exact.
+    let upload = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(upload.path(), &data).unwrap();
+    let (body, _) = curl_version(
+        None,
+        &[
+            "--http1.1",
+            "-x",
+            &p.proxy_url(),
+            "--cacert",
+            s(&ca),
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &format!("@{}", s(upload.path())),
+            &format!("{base}/echo/upload"),
+        ],
+    );
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["body_size"], data.len(), "{echo}");
+    assert_eq!(echo["body_sha256"], sha256_hex(&data).as_str(), "{echo}");
+
+    let rec = &wait_records(&p, "/echo", 2)[0];
+    assert_eq!(
+        versions(rec),
+        ("HTTP/1.1".into(), "HTTP/2.0".into()),
+        "{rec}"
+    );
+}
+
+#[test]
+fn h2_client_reaches_an_http1_only_upstream() {
+    let pki = TestPki::new();
+    // The Python sink speaks HTTP/1.1 only (no ALPN): uploads are hashed.
+    let up = PyUpstream::local(Kind::Sink, Some(&pki));
+    let p = json_proxy(&pki);
+    let url = format!("https://127.0.0.1:{}/upload", up.addr.port());
+    let upload = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(upload.path(), &data).unwrap();
+    let (body, version) = curl_version(
+        None,
+        &[
+            "--http2",
+            "-x",
+            &p.proxy_url(),
+            "--cacert",
+            s(&p.ca_cert()),
+            "--data-binary",
+            &format!("@{}", s(upload.path())),
+            &url,
+        ],
+    );
+    assert_eq!(version, "2", "the client side is h2");
+    let sink: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}\n{}", p.dump()));
+    assert_eq!(sink["size"], data.len(), "{sink}");
+    assert_eq!(sink["sha256"], sha256_hex(&data).as_str(), "{sink}");
+    let (body, version) = curl_version(
+        None,
+        &[
+            "--http2",
+            "-x",
+            &p.proxy_url(),
+            "--cacert",
+            s(&p.ca_cert()),
+            &url,
+        ],
+    );
+    assert_eq!((body.as_str(), version.as_str()), ("py upstream\n", "2"));
+    let recs = wait_records(&p, "/upload", 2);
+    for rec in &recs {
+        assert_eq!(
+            versions(rec),
+            ("HTTP/2.0".into(), "HTTP/1.1".into()),
+            "{rec}"
+        );
+    }
+}

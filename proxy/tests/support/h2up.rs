@@ -1,0 +1,101 @@
+//! HTTP/2 and gRPC fixtures in Python: a strict h2-only TLS upstream
+//! (`h2server.py`), a multi-stream h2 client (`h2client.py`) and a grpcio
+//! service + client (`grpcsvc.py`). See each script's docstring.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::pki::TestPki;
+use super::{run_ok, terminate_child, venv_python};
+
+pub const H2SERVER_PY: &str = include_str!("h2server.py");
+pub const H2CLIENT_PY: &str = include_str!("h2client.py");
+pub const GRPCSVC_PY: &str = include_str!("grpcsvc.py");
+
+/// A Python server that prints `READY <port>`; killed on drop.
+pub struct PyServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Where it listens (127.0.0.1).
+    pub addr: SocketAddr,
+}
+
+impl PyServer {
+    /// Runs `script` (its source) with `args` on 127.0.0.1, TLS from `pki`.
+    fn start(name: &str, script: &str, args: &[&str], pki: &TestPki) -> PyServer {
+        let dir = tempfile::Builder::new()
+            .prefix("tproxy-h2up")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, script).expect("write script");
+        let mut child = Command::new(venv_python())
+            .arg("-u")
+            .arg(&path)
+            .args(args)
+            .args(["--host", "127.0.0.1", "--port", "0", "--tls"])
+            .arg(pki.server_cert())
+            .arg(pki.server_key())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            terminate_child(&mut child, Duration::from_secs(1));
+            panic!("{name} did not report READY within 30 s");
+        };
+        let port: u16 = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: bad READY line {line:?}"));
+        PyServer {
+            child,
+            _dir: dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// The strict h2-only upstream (`h2server.py`).
+    pub fn h2_only(pki: &TestPki) -> PyServer {
+        Self::start("h2server.py", H2SERVER_PY, &[], pki)
+    }
+
+    /// The gRPC service (`grpcsvc.py serve`).
+    pub fn grpc(pki: &TestPki) -> PyServer {
+        Self::start("grpcsvc.py", GRPCSVC_PY, &["serve"], pki)
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        terminate_child(&mut self.child, Duration::from_secs(2));
+    }
+}
+
+/// Runs one of the client scripts with `args` (bounded), returning its JSON.
+pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
+    let f = tempfile::Builder::new()
+        .suffix(".py")
+        .tempfile()
+        .expect("tempfile");
+    std::fs::write(f.path(), script).expect("write script");
+    let out = run_ok(
+        Command::new(venv_python()).arg(f.path()).args(args),
+        timeout,
+    );
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {out}"))
+}
