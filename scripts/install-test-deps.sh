@@ -39,6 +39,7 @@ fi
 # through the proxy), kubernetes-validate (manifests).
 py_pkgs=(mitmproxy grpcio grpcio-tools kubernetes-validate)
 py_pkgs+=(websockets) # WebSocket echo upstream of proxy/tests (itests)
+py_pkgs+=(h2 pyOpenSSL) # h2-only upstream and multi-stream client (proxy/tests/support/h2*.py)
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
