@@ -297,7 +297,7 @@ fn upstream_reset_stream_is_reset_for_the_client_while_siblings_finish() {
         "trailers must be forwarded: {tr}"
     );
     // Every stream is its own flow; the reset one carries an error.
-    let recs = wait_records(&p, "upstream.test", 4);
+    let recs = wait_records(&p, &connect, 4);
     let rec = recs
         .iter()
         .find(|r| r["url"].as_str().unwrap().ends_with("/reset/b"))
@@ -404,6 +404,9 @@ fn h2_client_reaches_an_http1_only_upstream() {
     let up = PyUpstream::local(Kind::Sink, Some(&pki));
     let p = json_proxy(&pki);
     let url = format!("https://127.0.0.1:{}/upload", up.addr.port());
+
+    // curl offers h2 and http/1.1: mirroring answers with what the upstream
+    // took (no ALPN = HTTP/1.1), so there is nothing to translate.
     let upload = tempfile::NamedTempFile::new().unwrap();
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(upload.path(), &data).unwrap();
@@ -420,25 +423,39 @@ fn h2_client_reaches_an_http1_only_upstream() {
             &url,
         ],
     );
-    assert_eq!(version, "2", "the client side is h2");
+    assert_eq!(version, "1.1", "mirrored ALPN: the upstream chose HTTP/1.1");
     let sink: serde_json::Value =
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}\n{}", p.dump()));
     assert_eq!(sink["size"], data.len(), "{sink}");
     assert_eq!(sink["sha256"], sha256_hex(&data).as_str(), "{sink}");
-    let (body, version) = curl_version(
-        None,
+
+    // A client that offers only h2 (like gRPC clients) must be served over
+    // h2 and translated to HTTP/1.1 upstream, several streams at once.
+    let connect = up.addr.to_string();
+    let proxy = p.addr("regular").to_string();
+    let ca = p.ca_cert();
+    let out = run_client(
+        H2CLIENT_PY,
         &[
-            "--http2",
-            "-x",
-            &p.proxy_url(),
-            "--cacert",
-            s(&p.ca_cert()),
-            &url,
+            "--connect",
+            &connect,
+            "--proxy",
+            &proxy,
+            "--cafile",
+            s(&ca),
+            "/a",
+            "/b",
+            "/c",
         ],
+        Duration::from_secs(60),
     );
-    assert_eq!((body.as_str(), version.as_str()), ("py upstream\n", "2"));
-    let recs = wait_records(&p, "/upload", 2);
-    for rec in &recs {
+    assert_eq!(out["alpn"], "h2");
+    for st in out["streams"].as_array().unwrap() {
+        assert_eq!(st["status"], 200, "{st}\n{}", p.dump());
+        assert_eq!(st["body_head"], "py upstream\n", "{st}");
+    }
+    for path in ["/a", "/b", "/c"] {
+        let rec = &wait_records(&p, &format!("{connect}{path}"), 1)[0];
         assert_eq!(
             versions(rec),
             ("HTTP/2.0".into(), "HTTP/1.1".into()),

@@ -33,8 +33,16 @@ import h2.exceptions
 from OpenSSL import SSL
 
 
+class NoH2(Exception):
+    """Raised in the ALPN callback: pyOpenSSL then returns
+    SSL_TLSEXT_ERR_ALERT_FATAL and OpenSSL sends no_application_protocol
+    (its NO_OVERLAPPING_PROTOCOLS sentinel only declines ALPN silently)."""
+
+
 def alpn_select(_conn, offered):
-    return b"h2" if b"h2" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+    if b"h2" in offered:
+        return b"h2"
+    raise NoH2("client offered %r, not h2" % offered)
 
 
 def context(cert, key):
