@@ -1,0 +1,549 @@
+//! Per-request metrics labelled by source pod, accumulated per worker and
+//! merged only when `/metrics` is scraped.
+//!
+//! Each worker owns one [`WorkerStats`] behind a mutex that only the scrape
+//! ever contends: recording a request is an uncontended lock, a few small
+//! map look-ups keyed by interned ids, and plain integer additions. Label
+//! strings are built at scrape time only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::labels::{self, HostTable};
+use crate::poddir::PodInfo;
+
+/// Histogram bucket upper bounds in nanoseconds (0.5 ms … 10 s).
+const BUCKETS_NS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+/// The same bounds as printed in `le`.
+const BUCKETS_LE: [&str; 14] = [
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+    "2.5", "5", "10",
+];
+
+/// Rule names a worker interns at most (then `other`).
+const MAX_RULES: usize = 1000;
+
+/// A multiply-rotate hasher for keys made of small integer ids (never
+/// attacker-chosen strings: those use the default SipHash).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A latency histogram with the buckets above (counts not cumulative).
+#[derive(Debug, Clone, Default)]
+pub struct Hist {
+    counts: [u64; BUCKETS_NS.len() + 1],
+    sum_ns: u64,
+}
+
+impl Hist {
+    /// Add one observation.
+    #[inline]
+    pub fn observe(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = BUCKETS_NS.partition_point(|&b| b < ns);
+        self.counts[i] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    fn merge(&mut self, o: &Hist) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Everything recorded for one source pod (or `unknown`).
+#[derive(Debug, Clone, Default)]
+struct SourceStats {
+    pod: Option<Arc<PodInfo>>,
+    /// An address the pod was seen at (to check it is still in the directory).
+    ip: Option<IpAddr>,
+    duration: Hist,
+    ttfb: Hist,
+    body_from_client: u64,
+    body_to_client: u64,
+    tcp_flows: u64,
+    tcp_from_client: u64,
+    tcp_to_client: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ReqKey {
+    source: u32,
+    host: u32,
+    rule: u32,
+    method: u8,
+    class: u8,
+    decision: u8,
+}
+
+/// One finished HTTP exchange, as the recorder needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub source: Option<&'a Arc<PodInfo>>,
+    pub client_ip: IpAddr,
+    pub destination: &'a str,
+    pub method: &'a str,
+    pub status: Option<u16>,
+    pub decision: &'a str,
+    pub rule: Option<&'a str>,
+    pub total: Duration,
+    pub ttfb: Option<Duration>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+/// One worker's accumulated state.
+#[derive(Debug, Default)]
+struct WorkerStats {
+    host_epoch: u64,
+    hosts: HashMap<Box<str>, u32>,
+    /// Pod `Arc` address → (the `Arc`, kept so the address is not reused; id).
+    by_ptr: IdMap<usize, (Arc<PodInfo>, u32)>,
+    /// namespace → pod name → id (pods keep their id across directory reloads).
+    by_name: HashMap<String, HashMap<String, u32>>,
+    /// Source id → stats; id 0 is `unknown`.
+    sources: Vec<Option<SourceStats>>,
+    free: Vec<u32>,
+    rules: HashMap<Box<str>, u32>,
+    rule_names: Vec<Arc<str>>,
+    requests: IdMap<ReqKey, u64>,
+}
+
+impl WorkerStats {
+    fn source_id(&mut self, pod: Option<&Arc<PodInfo>>, ip: IpAddr) -> u32 {
+        if self.sources.is_empty() {
+            self.sources.push(Some(SourceStats::default()));
+        }
+        let Some(pod) = pod else { return 0 };
+        let ptr = Arc::as_ptr(pod) as usize;
+        if let Some((_, id)) = self.by_ptr.get(&ptr) {
+            return *id;
+        }
+        let known = self
+            .by_name
+            .get(&pod.namespace)
+            .and_then(|m| m.get(&pod.name))
+            .copied();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let stats = SourceStats {
+                    pod: Some(pod.clone()),
+                    ip: Some(ip),
+                    ..SourceStats::default()
+                };
+                let id = match self.free.pop() {
+                    Some(id) => {
+                        self.sources[id as usize] = Some(stats);
+                        id
+                    }
+                    None => {
+                        self.sources.push(Some(stats));
+                        (self.sources.len() - 1) as u32
+                    }
+                };
+                self.by_name
+                    .entry(pod.namespace.clone())
+                    .or_default()
+                    .insert(pod.name.clone(), id);
+                id
+            }
+        };
+        self.by_ptr.insert(ptr, (pod.clone(), id));
+        id
+    }
+
+    fn host_id(&mut self, table: &HostTable, host: &str) -> u32 {
+        let epoch = table.epoch();
+        if epoch != self.host_epoch {
+            self.hosts.clear();
+            self.host_epoch = epoch;
+        }
+        if let Some(&id) = self.hosts.get(host) {
+            return id;
+        }
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        let id = table.id(host);
+        // Bounded: hosts past the cap (all `other`) would grow it forever.
+        if self.hosts.len() >= 4096 {
+            self.hosts.clear();
+        }
+        self.hosts.insert(host.into(), id);
+        id
+    }
+
+    fn rule_id(&mut self, rule: Option<&str>) -> u32 {
+        if self.rule_names.is_empty() {
+            self.rule_names.push(Arc::from("none"));
+            self.rule_names.push(Arc::from("other"));
+        }
+        let Some(rule) = rule else { return 0 };
+        if let Some(&id) = self.rules.get(rule) {
+            return id;
+        }
+        if self.rules.len() >= MAX_RULES {
+            return 1;
+        }
+        let id = self.rule_names.len() as u32;
+        self.rule_names.push(Arc::from(rule));
+        self.rules.insert(rule.into(), id);
+        id
+    }
+
+    fn source(&mut self, id: u32) -> &mut SourceStats {
+        let slot = &mut self.sources[id as usize];
+        slot.get_or_insert_with(SourceStats::default)
+    }
+
+    /// Forget sources `alive` says are gone (and every series of theirs);
+    /// drop address mappings nobody but us still holds.
+    fn prune(&mut self, alive: &dyn Fn(&PodInfo, IpAddr) -> bool) {
+        let mut gone = Vec::new();
+        for (id, slot) in self.sources.iter_mut().enumerate().skip(1) {
+            let dead = match slot {
+                Some(SourceStats {
+                    pod: Some(p),
+                    ip: Some(ip),
+                    ..
+                }) => !alive(p, *ip),
+                _ => false,
+            };
+            if dead && let Some(s) = slot.take() {
+                gone.push(id as u32);
+                if let Some(p) = &s.pod
+                    && let Some(m) = self.by_name.get_mut(&p.namespace)
+                {
+                    m.remove(&p.name);
+                    if m.is_empty() {
+                        self.by_name.remove(&p.namespace);
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.requests.retain(|k, _| !gone.contains(&k.source));
+            self.by_ptr.retain(|_, (_, id)| !gone.contains(id));
+            self.free.extend(gone);
+        }
+        // A replaced directory's `Arc`s held only here can go (the address
+        // may then be reused, so the mapping must go with it).
+        self.by_ptr.retain(|_, (p, _)| Arc::strong_count(p) > 1);
+    }
+}
+
+/// Per-request metrics of all workers.
+#[derive(Debug)]
+pub struct FlowStats {
+    workers: Vec<Mutex<WorkerStats>>,
+    /// Destination host labels (shared, consulted on cache misses).
+    pub hosts: HostTable,
+}
+
+fn lock(m: &Mutex<WorkerStats>) -> MutexGuard<'_, WorkerStats> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FlowStats {
+    /// State for `workers` workers.
+    pub fn new(workers: usize, hosts: HostTable) -> Self {
+        Self {
+            workers: (0..workers.max(1))
+                .map(|_| Mutex::new(WorkerStats::default()))
+                .collect(),
+            hosts,
+        }
+    }
+
+    fn worker(&self, worker: usize) -> MutexGuard<'_, WorkerStats> {
+        lock(&self.workers[worker % self.workers.len()])
+    }
+
+    /// Record one finished HTTP exchange on `worker`.
+    pub fn record_http(&self, worker: usize, r: &Request<'_>) {
+        let mut w = self.worker(worker);
+        let source = w.source_id(r.source, r.client_ip);
+        let host = w.host_id(&self.hosts, labels::host_of(r.destination));
+        let rule = w.rule_id(r.rule);
+        let key = ReqKey {
+            source,
+            host,
+            rule,
+            method: labels::method_id(r.method),
+            class: labels::status_class(r.status),
+            decision: labels::decision_id(r.decision),
+        };
+        *w.requests.entry(key).or_insert(0) += 1;
+        let s = w.source(source);
+        s.duration.observe(r.total);
+        if let Some(t) = r.ttfb {
+            s.ttfb.observe(t);
+        }
+        s.body_from_client += r.request_bytes;
+        s.body_to_client += r.response_bytes;
+    }
+
+    /// Record one finished passthrough connection on `worker`.
+    pub fn record_tcp(
+        &self,
+        worker: usize,
+        source: Option<&Arc<PodInfo>>,
+        client_ip: IpAddr,
+        from_client: u64,
+        to_client: u64,
+    ) {
+        let mut w = self.worker(worker);
+        let id = w.source_id(source, client_ip);
+        let s = w.source(id);
+        s.tcp_flows += 1;
+        s.tcp_from_client += from_client;
+        s.tcp_to_client += to_client;
+    }
+
+    /// Drop sources no longer in the pod directory, then append the text
+    /// exposition of every per-request family to `out`.
+    pub fn render(&self, alive: &dyn Fn(&PodInfo, IpAddr) -> bool, out: &mut String) {
+        let host_names = self.hosts.names();
+        type Src = (String, String, String);
+        let mut requests: BTreeMap<(Src, [Arc<str>; 2], [u8; 3]), u64> = BTreeMap::new();
+        let mut sources: BTreeMap<Src, SourceStats> = BTreeMap::new();
+        for m in &self.workers {
+            let mut w = lock(m);
+            w.prune(alive);
+            let labels_of = |s: &SourceStats| -> Src {
+                match &s.pod {
+                    None => ("unknown".into(), "unknown".into(), "unknown".into()),
+                    Some(p) => (
+                        p.namespace.clone(),
+                        p.workload_name.clone().unwrap_or_else(|| p.name.clone()),
+                        p.name.clone(),
+                    ),
+                }
+            };
+            let src_labels: Vec<Option<Src>> = w
+                .sources
+                .iter()
+                .map(|s| s.as_ref().map(labels_of))
+                .collect();
+            for (k, v) in &w.requests {
+                let Some(Some(src)) = src_labels.get(k.source as usize) else {
+                    continue;
+                };
+                let host = host_names
+                    .get(k.host as usize)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(labels::OTHER));
+                let rule = w
+                    .rule_names
+                    .get(k.rule as usize)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from("other"));
+                *requests
+                    .entry((src.clone(), [host, rule], [k.method, k.class, k.decision]))
+                    .or_insert(0) += v;
+            }
+            for (s, l) in w.sources.iter().zip(src_labels) {
+                let (Some(s), Some(l)) = (s, l) else { continue };
+                let agg = sources.entry(l).or_default();
+                agg.duration.merge(&s.duration);
+                agg.ttfb.merge(&s.ttfb);
+                agg.body_from_client += s.body_from_client;
+                agg.body_to_client += s.body_to_client;
+                agg.tcp_flows += s.tcp_flows;
+                agg.tcp_from_client += s.tcp_from_client;
+                agg.tcp_to_client += s.tcp_to_client;
+            }
+        }
+        write_requests(&requests, out);
+        write_sources(&sources, out);
+    }
+}
+
+fn src_labels(out: &mut String, (ns, wl, pod): &(String, String, String)) {
+    out.push_str("source_namespace=\"");
+    labels::escape(ns, out);
+    out.push_str("\",source_workload=\"");
+    labels::escape(wl, out);
+    out.push_str("\",source_pod=\"");
+    labels::escape(pod, out);
+    out.push('"');
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+type ReqSeries = ((String, String, String), [Arc<str>; 2], [u8; 3]);
+
+fn write_requests(requests: &BTreeMap<ReqSeries, u64>, out: &mut String) {
+    use std::fmt::Write;
+    if requests.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "tproxy_requests_total",
+        "counter",
+        "HTTP requests (HTTP/2 streams) finished, by source pod, destination host, method, status class (error = no response), policy decision and rule.",
+    );
+    for ((src, [host, rule], [method, class, decision]), v) in requests {
+        out.push_str("tproxy_requests_total{");
+        src_labels(out, src);
+        out.push_str(",destination_host=\"");
+        labels::escape(host, out);
+        let _ = write!(
+            out,
+            "\",method=\"{}\",status_class=\"{}\",decision=\"{}\",rule=\"",
+            labels::METHODS[usize::from(*method)],
+            labels::STATUS_CLASSES[usize::from(*class)],
+            labels::DECISIONS[usize::from(*decision)],
+        );
+        labels::escape(rule, out);
+        let _ = writeln!(out, "\"}} {v}");
+    }
+}
+
+fn write_hist(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    sources: &BTreeMap<(String, String, String), SourceStats>,
+    get: fn(&SourceStats) -> &Hist,
+) {
+    use std::fmt::Write;
+    header(out, name, "histogram", help);
+    for (src, s) in sources {
+        let h = get(s);
+        let mut cum = 0;
+        for (i, le) in BUCKETS_LE.iter().enumerate() {
+            cum += h.counts[i];
+            let _ = write!(out, "{name}_bucket{{");
+            src_labels(out, src);
+            let _ = writeln!(out, ",le=\"{le}\"}} {cum}");
+        }
+        let _ = write!(out, "{name}_bucket{{");
+        src_labels(out, src);
+        let _ = writeln!(out, ",le=\"+Inf\"}} {}", h.count());
+        let _ = write!(out, "{name}_sum{{");
+        src_labels(out, src);
+        let _ = writeln!(out, "}} {}", h.sum_ns as f64 / 1e9);
+        let _ = write!(out, "{name}_count{{");
+        src_labels(out, src);
+        let _ = writeln!(out, "}} {}", h.count());
+    }
+}
+
+fn write_sources(sources: &BTreeMap<(String, String, String), SourceStats>, out: &mut String) {
+    use std::fmt::Write;
+    if sources.is_empty() {
+        return;
+    }
+    write_hist(
+        out,
+        "tproxy_request_duration_seconds",
+        "Time from the request head to the end of the response, by source pod.",
+        sources,
+        |s| &s.duration,
+    );
+    write_hist(
+        out,
+        "tproxy_upstream_ttfb_seconds",
+        "Time from sending the request upstream to the first response byte, by source pod.",
+        sources,
+        |s| &s.ttfb,
+    );
+    let pairs = [
+        (
+            "tproxy_body_bytes_total",
+            "HTTP body bytes relayed, by source pod and direction.",
+            (|s: &SourceStats| s.body_from_client) as fn(&SourceStats) -> u64,
+            (|s: &SourceStats| s.body_to_client) as fn(&SourceStats) -> u64,
+        ),
+        (
+            "tproxy_passthrough_bytes_total",
+            "Bytes spliced through passthrough connections, by source pod and direction.",
+            |s: &SourceStats| s.tcp_from_client,
+            |s: &SourceStats| s.tcp_to_client,
+        ),
+    ];
+    for (name, help, from, to) in pairs {
+        header(out, name, "counter", help);
+        for (src, s) in sources {
+            for (dir, v) in [("from_client", from(s)), ("to_client", to(s))] {
+                let _ = write!(out, "{name}{{");
+                src_labels(out, src);
+                let _ = writeln!(out, ",direction=\"{dir}\"}} {v}");
+            }
+        }
+    }
+    header(
+        out,
+        "tproxy_passthrough_flows_total",
+        "counter",
+        "Passthrough (spliced) connections finished, by source pod.",
+    );
+    for (src, s) in sources {
+        out.push_str("tproxy_passthrough_flows_total{");
+        src_labels(out, src);
+        let _ = writeln!(out, "}} {}", s.tcp_flows);
+    }
+}
+
+#[cfg(test)]
+#[path = "flows_tests.rs"]
+mod tests;
