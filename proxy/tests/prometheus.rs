@@ -256,6 +256,11 @@ fn prometheus_scrapes_per_pod_metrics_and_every_dashboard_query_has_data() {
     t.send(None, 1, &[], &t.unnamed(), 200);
     prom.wait_value("sum(tproxy_requests_total)", 20.0);
     prom.wait_value("sum(tproxy_passthrough_flows_total)", 1.0);
+    // rate() needs two samples of a series: series born in phase 2 too.
+    prom.wait_value(
+        "min(count_over_time(tproxy_requests_total[1m]) >= bool 3)",
+        1.0,
+    );
 
     check_exact_counters(&prom);
     check_exposition(&p);
