@@ -61,13 +61,18 @@ impl Prometheus {
             let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
             let mut child = Command::new("prometheus")
                 .arg(format!("--config.file={}", cfg.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
-                .expect("prometheus (apt-get install prometheus; see scripts/install-test-deps.sh)");
+                .expect(
+                    "prometheus (apt-get install prometheus; see scripts/install-test-deps.sh)",
+                );
             let base = format!("http://127.0.0.1:{port}");
             let ready = wait_until(Duration::from_secs(30), || {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -249,7 +254,13 @@ fn prometheus_scrapes_per_pod_metrics_and_every_dashboard_query_has_data() {
     // --ignore-hosts: spliced to nginx, whose own certificate curl checks.
     let passthrough = format!("https://localhost:{}/small.txt", ng.https_port);
     let pki_ca = pki.ca_pem();
-    t.send(a, 1, &["--cacert", pki_ca.to_str().unwrap()], &passthrough, 200);
+    t.send(
+        a,
+        1,
+        &["--cacert", pki_ca.to_str().unwrap()],
+        &passthrough,
+        200,
+    );
     t.send(b, 1, &["-d", "x"], &t.allowed(), 405);
     t.send(b, 1, &[], &t.denied(), 418);
     t.send(b, 1, &[], &t.failing(), 502);
@@ -307,15 +318,33 @@ fn check_exact_counters(prom: &Prometheus) {
         *got.entry(format!("{key} {class}")).or_insert(0.0) += v;
     }
     let want: BTreeMap<String, f64> = [
-        ("shop web web-1 localhost GET allow allow-localhost 2xx", 5.0),
-        ("shop web web-1 upstream.test GET deny deny-upstream 4xx", 3.0),
+        (
+            "shop web web-1 localhost GET allow allow-localhost 2xx",
+            5.0,
+        ),
+        (
+            "shop web web-1 upstream.test GET deny deny-upstream 4xx",
+            3.0,
+        ),
         ("shop web web-1 other GET allow default failed", 1.0),
         ("shop web web-1 127.0.0.1 GET allow default 2xx", 1.0),
-        ("jobs batch batch-1 localhost GET allow allow-localhost 2xx", 1.0),
-        ("jobs batch batch-1 localhost POST allow allow-localhost 4xx", 1.0),
-        ("jobs batch batch-1 upstream.test GET deny deny-upstream 4xx", 5.0),
+        (
+            "jobs batch batch-1 localhost GET allow allow-localhost 2xx",
+            1.0,
+        ),
+        (
+            "jobs batch batch-1 localhost POST allow allow-localhost 4xx",
+            1.0,
+        ),
+        (
+            "jobs batch batch-1 upstream.test GET deny deny-upstream 4xx",
+            5.0,
+        ),
         ("jobs batch batch-1 other GET allow default failed", 1.0),
-        ("unknown unknown unknown 127.0.0.1 GET allow default 2xx", 2.0),
+        (
+            "unknown unknown unknown 127.0.0.1 GET allow default 2xx",
+            2.0,
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -336,8 +365,13 @@ fn check_exact_counters(prom: &Prometheus) {
         one("sum(tproxy_body_bytes_total{source_pod=\"web-1\",direction=\"from_client\"})"),
         0.0
     );
-    assert!(one("sum(tproxy_body_bytes_total{source_pod=\"web-1\",direction=\"to_client\"})") > 0.0);
-    assert!(one("sum(tproxy_passthrough_bytes_total{source_pod=\"web-1\",direction=\"to_client\"})") > 0.0);
+    assert!(
+        one("sum(tproxy_body_bytes_total{source_pod=\"web-1\",direction=\"to_client\"})") > 0.0
+    );
+    assert!(
+        one("sum(tproxy_passthrough_bytes_total{source_pod=\"web-1\",direction=\"to_client\"})")
+            > 0.0
+    );
     assert_eq!(
         one("sum(tproxy_passthrough_flows_total{source_pod=\"batch-1\"})"),
         0.0
@@ -350,7 +384,10 @@ fn check_exact_counters(prom: &Prometheus) {
         one("sum(tproxy_tls_handshakes_total{side=\"client\",result=\"ok\"})"),
         1.0
     );
-    assert_eq!(one("sum(tproxy_cert_cache_lookups_total{result=\"miss\"})"), 1.0);
+    assert_eq!(
+        one("sum(tproxy_cert_cache_lookups_total{result=\"miss\"})"),
+        1.0
+    );
     assert_eq!(
         one("sum(tproxy_connections_total{mode=\"regular\",kind=\"passthrough\"})"),
         1.0
@@ -415,7 +452,11 @@ fn assert_has_data(prom: &Prometheus, what: &str, q: &str) {
     assert!(!res.is_empty(), "{what}: `{q}` returned nothing");
     for s in &res {
         let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
-        assert!(v.is_finite(), "{what}: `{q}` returned {v} for {}", s["metric"]);
+        assert!(
+            v.is_finite(),
+            "{what}: `{q}` returned {v} for {}",
+            s["metric"]
+        );
     }
 }
 
@@ -430,8 +471,9 @@ fn check_dashboards_and_alerts(prom: &Prometheus, alerts: &Path) {
         let vars = d["templating"]["list"].as_array().unwrap();
         let defined: BTreeSet<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
         assert!(
-            vars.iter()
-                .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
+            vars.iter().any(|v| v["name"] == "datasource"
+                && v["type"] == "datasource"
+                && v["query"] == "prometheus"),
             "{name}: needs a prometheus `datasource` variable"
         );
         let check_vars = |text: &str, where_: &str| {
@@ -446,9 +488,9 @@ fn check_dashboards_and_alerts(prom: &Prometheus, alerts: &Path) {
         for v in vars.iter().filter(|v| v["type"] == "query") {
             let q = v["query"]["query"].as_str().unwrap();
             check_vars(q, "variable query");
-            let c = label_values
-                .captures(q)
-                .unwrap_or_else(|| panic!("{name}: variable query `{q}` is not label_values(sel, label)"));
+            let c = label_values.captures(q).unwrap_or_else(|| {
+                panic!("{name}: variable query `{q}` is not label_values(sel, label)")
+            });
             let promql = substitute(&format!("count by ({}) ({})", &c[2], &c[1]));
             assert_has_data(prom, &format!("{name} variable {}", v["name"]), &promql);
         }
@@ -456,11 +498,16 @@ fn check_dashboards_and_alerts(prom: &Prometheus, alerts: &Path) {
         let mut ids = BTreeSet::new();
         for p in panels {
             let title = p["title"].as_str().unwrap();
-            assert!(ids.insert(p["id"].as_u64().unwrap()), "{name}: duplicate panel id in `{title}`");
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{name}: duplicate panel id in `{title}`"
+            );
             let g = &p["gridPos"];
             let (x, w, h) = (g["x"].as_u64(), g["w"].as_u64(), g["h"].as_u64());
             assert!(
-                g["y"].as_u64().is_some() && h.unwrap_or(0) > 0 && x.unwrap_or(99) + w.unwrap_or(99) <= 24,
+                g["y"].as_u64().is_some()
+                    && h.unwrap_or(0) > 0
+                    && x.unwrap_or(99) + w.unwrap_or(99) <= 24,
                 "{name}: `{title}` has a bad gridPos {g}"
             );
             assert_eq!(p["datasource"]["uid"], "${datasource}", "{name}: `{title}`");
@@ -479,7 +526,9 @@ fn check_dashboards_and_alerts(prom: &Prometheus, alerts: &Path) {
     // Alerts: promtool accepts the file; each condition's left-hand side
     // (the measured quantity) has data.
     run_ok(
-        Command::new("promtool").args(["check", "rules"]).arg(alerts),
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(alerts),
         Duration::from_secs(30),
     );
     let y: serde_yaml_ng::Value =

@@ -286,6 +286,11 @@ impl WorkerStats {
     }
 }
 
+/// Source label values: namespace, workload, pod.
+type Src = (String, String, String);
+/// A `tproxy_requests_total` series: source, [host, rule], [method, class, decision].
+type ReqSeries = (Src, [Arc<str>; 2], [u8; 3]);
+
 /// Per-request metrics of all workers.
 #[derive(Debug)]
 pub struct FlowStats {
@@ -358,8 +363,7 @@ impl FlowStats {
     /// exposition of every per-request family to `out`.
     pub fn render(&self, alive: &dyn Fn(&PodInfo, IpAddr) -> bool, out: &mut String) {
         let host_names = self.hosts.names();
-        type Src = (String, String, String);
-        let mut requests: BTreeMap<(Src, [Arc<str>; 2], [u8; 3]), u64> = BTreeMap::new();
+        let mut requests: BTreeMap<ReqSeries, u64> = BTreeMap::new();
         let mut sources: BTreeMap<Src, SourceStats> = BTreeMap::new();
         for m in &self.workers {
             let mut w = lock(m);
@@ -428,7 +432,6 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-type ReqSeries = ((String, String, String), [Arc<str>; 2], [u8; 3]);
 
 fn write_requests(requests: &BTreeMap<ReqSeries, u64>, out: &mut String) {
     use std::fmt::Write;
