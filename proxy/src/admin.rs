@@ -109,6 +109,7 @@ fn sync_metrics(shared: &Shared) {
     use crate::metrics::Metrics;
     let m = &shared.metrics;
     m.cert_cache_entries.set(shared.certs.len() as i64);
+    m.sync_active();
     if let Some(f) = &m.flows {
         f.hosts.refresh_rules(shared.policy.generation());
     }

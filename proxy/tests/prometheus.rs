@@ -275,6 +275,7 @@ fn prometheus_scrapes_per_pod_metrics_and_every_dashboard_query_has_data() {
 
     check_exact_counters(&prom);
     check_exposition(&p);
+    check_active_passthrough(&p, ng.https_port);
     check_dashboards_and_alerts(&prom, &alerts);
 
     // The pod leaves the directory: its series stop being exported.
@@ -398,6 +399,53 @@ fn check_exact_counters(prom: &Prometheus) {
             env!("CARGO_PKG_VERSION")
         )),
         1.0
+    );
+}
+
+/// A held-open passthrough connection shows as active with its kind, and
+/// stops when it closes.
+fn check_active_passthrough(p: &Proxy, https_port: u16) {
+    use std::io::Read;
+    let admin = format!("http://{}/metrics", p.addr("admin"));
+    let line =
+        |n: u32| format!("tproxy_connections_active{{kind=\"passthrough\",mode=\"regular\"}} {n}");
+    let shows = |n: u32| {
+        wait_until(Duration::from_secs(10), || {
+            let text = curl(&[&admin]).text();
+            std::thread::sleep(Duration::from_millis(100));
+            text.lines().any(|l| l == line(n)).then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        shows(0),
+        "no idle passthrough gauge:\n{}",
+        curl(&[&admin]).text()
+    );
+    let mut s = std::net::TcpStream::connect(p.addr("regular")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "CONNECT localhost:{https_port} HTTP/1.1\r\nHost: localhost:{https_port}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        shows(1),
+        "open passthrough not active:\n{}",
+        curl(&[&admin]).text()
+    );
+    drop(s);
+    assert!(
+        shows(0),
+        "closed passthrough still active:\n{}",
+        curl(&[&admin]).text()
     );
 }
 

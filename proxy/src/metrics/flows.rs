@@ -432,7 +432,6 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-
 fn write_requests(requests: &BTreeMap<ReqSeries, u64>, out: &mut String) {
     use std::fmt::Write;
     if requests.is_empty() {

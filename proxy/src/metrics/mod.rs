@@ -28,7 +28,12 @@ pub enum ConnKind {
 pub struct Metrics {
     pub registry: Registry,
     conns: [[IntCounter; 3]; 2],
+    /// Open client connections per listener mode (moved by conn.rs).
     active: [IntGauge; 2],
+    /// Open passthrough connections per listener mode.
+    passthrough_active: [IntGauge; 2],
+    /// `tproxy_connections_active{mode,kind}`, derived from the two above at scrape.
+    active_by_kind: [[IntGauge; 2]; 2],
     pub tls_ok: [IntCounter; 2],
     tls_failed: [IntCounter; 2],
     tls_reasons: [[IntCounter; tls::REASONS.len()]; 2],
@@ -91,10 +96,11 @@ impl Metrics {
         let active_vec = IntGaugeVec::new(
             Opts::new(
                 "tproxy_connections_active",
-                "Client connections open now, by listener mode.",
+                "Client connections open now, by listener mode and kind (intercepted includes connections still being classified).",
             ),
-            &["mode"],
+            &["mode", "kind"],
         )?;
+        let gauge = |name: &str| IntGauge::new(name, "internal (not exported)");
         let tls_vec = IntCounterVec::new(
             Opts::new(
                 "tproxy_tls_handshakes_total",
@@ -206,10 +212,11 @@ impl Metrics {
         });
         Ok(Metrics {
             conns,
-            active: [
-                active_vec.with_label_values(&["regular"]),
-                active_vec.with_label_values(&["transparent"]),
-            ],
+            active: [gauge("active_regular")?, gauge("active_transparent")?],
+            passthrough_active: [gauge("pt_regular")?, gauge("pt_transparent")?],
+            active_by_kind: ["regular", "transparent"].map(|m| {
+                ["intercepted", "passthrough"].map(|k| active_vec.with_label_values(&[m, k]))
+            }),
             tls_ok: [
                 tls_vec.with_label_values(&["client", "ok"]),
                 tls_vec.with_label_values(&["upstream", "ok"]),
@@ -239,8 +246,28 @@ impl Metrics {
         })
     }
 
+    /// Count a connection of `kind` (a passthrough one stays active until
+    /// [`Metrics::passthrough_done`]).
     pub fn conn(&self, mode: Mode, kind: ConnKind) {
         self.conns[mode_idx(mode)][kind as usize].inc();
+        if let ConnKind::Passthrough = kind {
+            self.passthrough_active[mode_idx(mode)].inc();
+        }
+    }
+
+    /// A passthrough connection counted by [`Metrics::conn`] ended.
+    pub fn passthrough_done(&self, mode: Mode) {
+        self.passthrough_active[mode_idx(mode)].dec();
+    }
+
+    /// Derive the exported active-connection gauges (called at scrape).
+    pub fn sync_active(&self) {
+        for m in 0..2 {
+            let all = self.active[m].get();
+            let pt = self.passthrough_active[m].get().clamp(0, all.max(0));
+            self.active_by_kind[m][0].set(all - pt);
+            self.active_by_kind[m][1].set(pt);
+        }
     }
 
     pub fn active(&self, mode: Mode) -> &IntGauge {

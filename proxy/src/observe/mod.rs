@@ -38,6 +38,7 @@ pub fn http_done(worker: &Worker, ctx: &ConnCtx, flow: HttpFlow) {
 
 /// One passthrough (spliced) connection is finished.
 pub fn tcp_done(worker: &Worker, ctx: &ConnCtx, flow: TcpFlow) {
+    worker.shared.metrics.passthrough_done(ctx.mode);
     if let Some(stats) = &worker.shared.metrics.flows {
         stats.record_tcp(
             worker.id,
