@@ -156,6 +156,20 @@ struct WorkerStats {
     rules: HashMap<Box<str>, u32>,
     rule_names: Vec<Arc<str>>,
     requests: IdMap<ReqKey, u64>,
+    /// The previous request's label ids (keep-alive connections repeat them).
+    last: LastIds,
+}
+
+/// Ids of the last (source, host, rule) seen, valid while `epoch` holds and
+/// no prune happened.
+#[derive(Debug, Default)]
+struct LastIds {
+    valid: bool,
+    epoch: u64,
+    ptr: usize,
+    host: String,
+    rule: Option<String>,
+    ids: [u32; 3],
 }
 
 impl WorkerStats {
@@ -253,6 +267,7 @@ impl WorkerStats {
     /// Forget sources `alive` says are gone (and every series of theirs);
     /// drop address mappings nobody but us still holds.
     fn prune(&mut self, alive: &dyn Fn(&PodInfo, IpAddr) -> bool) {
+        self.last.valid = false;
         let mut gone = Vec::new();
         for (id, slot) in self.sources.iter_mut().enumerate().skip(1) {
             let dead = match slot {
@@ -321,9 +336,32 @@ impl FlowStats {
     /// Record one finished HTTP exchange on `worker`.
     pub fn record_http(&self, worker: usize, r: &Request<'_>) {
         let mut w = self.worker(worker);
-        let source = w.source_id(r.source, r.client_ip);
-        let host = w.host_id(&self.hosts, labels::host_of(r.destination));
-        let rule = w.rule_id(r.rule);
+        let host_name = labels::host_of(r.destination);
+        let ptr = r.source.map_or(0, |p| Arc::as_ptr(p) as usize);
+        let epoch = self.hosts.epoch();
+        let l = &w.last;
+        let [source, host, rule] = if l.valid
+            && l.ptr == ptr
+            && l.epoch == epoch
+            && l.host == host_name
+            && l.rule.as_deref() == r.rule
+        {
+            l.ids
+        } else {
+            let ids = [
+                w.source_id(r.source, r.client_ip),
+                w.host_id(&self.hosts, host_name),
+                w.rule_id(r.rule),
+            ];
+            let l = &mut w.last;
+            l.host.clear();
+            l.host.push_str(host_name);
+            if l.rule.as_deref() != r.rule {
+                l.rule = r.rule.map(str::to_owned);
+            }
+            (l.valid, l.epoch, l.ptr, l.ids) = (true, epoch, ptr, ids);
+            ids
+        };
         let key = ReqKey {
             source,
             host,
