@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::exposition;
 use super::labels::{self, HostTable};
 use crate::poddir::PodInfo;
 
@@ -33,7 +34,7 @@ const BUCKETS_NS: [u64; 14] = [
     10_000_000_000,
 ];
 /// The same bounds as printed in `le`.
-const BUCKETS_LE: [&str; 14] = [
+pub(super) const BUCKETS_LE: [&str; 14] = [
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
     "2.5", "5", "10",
 ];
@@ -74,8 +75,8 @@ type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 /// A latency histogram with the buckets above (counts not cumulative).
 #[derive(Debug, Clone, Default)]
 pub struct Hist {
-    counts: [u64; BUCKETS_NS.len() + 1],
-    sum_ns: u64,
+    pub(super) counts: [u64; BUCKETS_NS.len() + 1],
+    pub(super) sum_ns: u64,
 }
 
 impl Hist {
@@ -95,24 +96,24 @@ impl Hist {
         self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
     }
 
-    fn count(&self) -> u64 {
+    pub(super) fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
 }
 
 /// Everything recorded for one source pod (or `unknown`).
 #[derive(Debug, Clone, Default)]
-struct SourceStats {
+pub(super) struct SourceStats {
     pod: Option<Arc<PodInfo>>,
     /// An address the pod was seen at (to check it is still in the directory).
     ip: Option<IpAddr>,
-    duration: Hist,
-    ttfb: Hist,
-    body_from_client: u64,
-    body_to_client: u64,
-    tcp_flows: u64,
-    tcp_from_client: u64,
-    tcp_to_client: u64,
+    pub(super) duration: Hist,
+    pub(super) ttfb: Hist,
+    pub(super) body_from_client: u64,
+    pub(super) body_to_client: u64,
+    pub(super) tcp_flows: u64,
+    pub(super) tcp_from_client: u64,
+    pub(super) tcp_to_client: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,16 +129,27 @@ struct ReqKey {
 /// One finished HTTP exchange, as the recorder needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
+    /// The client's pod (None: `unknown`).
     pub source: Option<&'a Arc<PodInfo>>,
+    /// The client's address (to check later that the pod still exists).
     pub client_ip: IpAddr,
+    /// `host:port` the request went to.
     pub destination: &'a str,
+    /// Request method as received.
     pub method: &'a str,
+    /// Response status (None: no response).
     pub status: Option<u16>,
+    /// Policy decision as the flow log prints it.
     pub decision: &'a str,
+    /// Deciding rule (None without a rules file).
     pub rule: Option<&'a str>,
+    /// The whole exchange.
     pub total: Duration,
+    /// Request sent until the first response byte.
     pub ttfb: Option<Duration>,
+    /// Request body bytes.
     pub request_bytes: u64,
+    /// Response body bytes.
     pub response_bytes: u64,
 }
 
@@ -302,9 +314,9 @@ impl WorkerStats {
 }
 
 /// Source label values: namespace, workload, pod.
-type Src = (String, String, String);
+pub(super) type Src = (String, String, String);
 /// A `tproxy_requests_total` series: source, [host, rule], [method, class, decision].
-type ReqSeries = (Src, [Arc<str>; 2], [u8; 3]);
+pub(super) type ReqSeries = (Src, [Arc<str>; 2], [u8; 3]);
 
 /// Per-request metrics of all workers.
 #[derive(Debug)]
@@ -450,137 +462,8 @@ impl FlowStats {
                 agg.tcp_to_client += s.tcp_to_client;
             }
         }
-        write_requests(&requests, out);
-        write_sources(&sources, out);
-    }
-}
-
-fn src_labels(out: &mut String, (ns, wl, pod): &(String, String, String)) {
-    out.push_str("source_namespace=\"");
-    labels::escape(ns, out);
-    out.push_str("\",source_workload=\"");
-    labels::escape(wl, out);
-    out.push_str("\",source_pod=\"");
-    labels::escape(pod, out);
-    out.push('"');
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    use std::fmt::Write;
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn write_requests(requests: &BTreeMap<ReqSeries, u64>, out: &mut String) {
-    use std::fmt::Write;
-    if requests.is_empty() {
-        return;
-    }
-    header(
-        out,
-        "tproxy_requests_total",
-        "counter",
-        "HTTP requests (HTTP/2 streams) finished, by source pod, destination host, method, status class (error = no response), policy decision and rule.",
-    );
-    for ((src, [host, rule], [method, class, decision]), v) in requests {
-        out.push_str("tproxy_requests_total{");
-        src_labels(out, src);
-        out.push_str(",destination_host=\"");
-        labels::escape(host, out);
-        let _ = write!(
-            out,
-            "\",method=\"{}\",status_class=\"{}\",decision=\"{}\",rule=\"",
-            labels::METHODS[usize::from(*method)],
-            labels::STATUS_CLASSES[usize::from(*class)],
-            labels::DECISIONS[usize::from(*decision)],
-        );
-        labels::escape(rule, out);
-        let _ = writeln!(out, "\"}} {v}");
-    }
-}
-
-fn write_hist(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    sources: &BTreeMap<(String, String, String), SourceStats>,
-    get: fn(&SourceStats) -> &Hist,
-) {
-    use std::fmt::Write;
-    header(out, name, "histogram", help);
-    for (src, s) in sources {
-        let h = get(s);
-        let mut cum = 0;
-        for (i, le) in BUCKETS_LE.iter().enumerate() {
-            cum += h.counts[i];
-            let _ = write!(out, "{name}_bucket{{");
-            src_labels(out, src);
-            let _ = writeln!(out, ",le=\"{le}\"}} {cum}");
-        }
-        let _ = write!(out, "{name}_bucket{{");
-        src_labels(out, src);
-        let _ = writeln!(out, ",le=\"+Inf\"}} {}", h.count());
-        let _ = write!(out, "{name}_sum{{");
-        src_labels(out, src);
-        let _ = writeln!(out, "}} {}", h.sum_ns as f64 / 1e9);
-        let _ = write!(out, "{name}_count{{");
-        src_labels(out, src);
-        let _ = writeln!(out, "}} {}", h.count());
-    }
-}
-
-fn write_sources(sources: &BTreeMap<(String, String, String), SourceStats>, out: &mut String) {
-    use std::fmt::Write;
-    if sources.is_empty() {
-        return;
-    }
-    write_hist(
-        out,
-        "tproxy_request_duration_seconds",
-        "Time from the request head to the end of the response, by source pod.",
-        sources,
-        |s| &s.duration,
-    );
-    write_hist(
-        out,
-        "tproxy_upstream_ttfb_seconds",
-        "Time from sending the request upstream to the first response byte, by source pod.",
-        sources,
-        |s| &s.ttfb,
-    );
-    let pairs = [
-        (
-            "tproxy_body_bytes_total",
-            "HTTP body bytes relayed, by source pod and direction.",
-            (|s: &SourceStats| s.body_from_client) as fn(&SourceStats) -> u64,
-            (|s: &SourceStats| s.body_to_client) as fn(&SourceStats) -> u64,
-        ),
-        (
-            "tproxy_passthrough_bytes_total",
-            "Bytes spliced through passthrough connections, by source pod and direction.",
-            |s: &SourceStats| s.tcp_from_client,
-            |s: &SourceStats| s.tcp_to_client,
-        ),
-    ];
-    for (name, help, from, to) in pairs {
-        header(out, name, "counter", help);
-        for (src, s) in sources {
-            for (dir, v) in [("from_client", from(s)), ("to_client", to(s))] {
-                let _ = write!(out, "{name}{{");
-                src_labels(out, src);
-                let _ = writeln!(out, ",direction=\"{dir}\"}} {v}");
-            }
-        }
-    }
-    header(
-        out,
-        "tproxy_passthrough_flows_total",
-        "counter",
-        "Passthrough (spliced) connections finished, by source pod.",
-    );
-    for (src, s) in sources {
-        out.push_str("tproxy_passthrough_flows_total{");
-        src_labels(out, src);
-        let _ = writeln!(out, "}} {}", s.tcp_flows);
+        exposition::write_requests(&requests, out);
+        exposition::write_sources(&sources, out);
     }
 }
 

@@ -129,8 +129,16 @@ impl HostTable {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// The label id of `host` (lower-case), assigning one if allowed.
+    /// The label id of `host` (lower-case), assigning one if allowed. Names
+    /// that are no plausible host (too long, odd characters) are `other`.
     pub fn id(&self, host: &str) -> u32 {
+        let plausible = host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+        if !plausible {
+            return 0;
+        }
         let mut t = self.lock();
         if let Some(&id) = t.ids.get(host) {
             return id;
@@ -221,6 +229,9 @@ mod tests {
         assert!(n > 0, "rule-named host keeps its label past the cap");
         assert_eq!(t.id("a.example"), a, "ids are stable");
         assert_eq!(&*t.names()[n as usize], "named.example");
+        let t = HostTable::new(10, None);
+        assert_eq!(t.id("bad\"host"), 0, "odd characters are `other`");
+        assert_eq!(t.id(&"a".repeat(254)), 0, "too long is `other`");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`flows`] (per-worker accumulation merged at scrape). Nothing on the
 //! request path looks a label up. The metric list: docs/metrics.md.
 
+mod exposition;
 pub mod flows;
 pub mod labels;
 pub mod tls;
@@ -270,6 +271,7 @@ impl Metrics {
         }
     }
 
+    /// Open client connections of a listener mode (conn.rs moves it).
     pub fn active(&self, mode: Mode) -> &IntGauge {
         &self.active[mode_idx(mode)]
     }
