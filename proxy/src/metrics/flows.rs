@@ -416,8 +416,13 @@ impl FlowStats {
         let mut requests: BTreeMap<ReqSeries, u64> = BTreeMap::new();
         let mut sources: BTreeMap<Src, SourceStats> = BTreeMap::new();
         for m in &self.workers {
-            let mut w = lock(m);
-            w.prune(alive);
+            // Copy the worker's tables out and let it go on at once; label
+            // strings are built without holding its lock.
+            let (w_sources, w_requests, w_rules) = {
+                let mut w = lock(m);
+                w.prune(alive);
+                (w.sources.clone(), w.requests.clone(), w.rule_names.clone())
+            };
             let labels_of = |s: &SourceStats| -> Src {
                 match &s.pod {
                     None => ("unknown".into(), "unknown".into(), "unknown".into()),
@@ -428,12 +433,11 @@ impl FlowStats {
                     ),
                 }
             };
-            let src_labels: Vec<Option<Src>> = w
-                .sources
+            let src_labels: Vec<Option<Src>> = w_sources
                 .iter()
                 .map(|s| s.as_ref().map(labels_of))
                 .collect();
-            for (k, v) in &w.requests {
+            for (k, v) in &w_requests {
                 let Some(Some(src)) = src_labels.get(k.source as usize) else {
                     continue;
                 };
@@ -441,8 +445,7 @@ impl FlowStats {
                     .get(k.host as usize)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(labels::OTHER));
-                let rule = w
-                    .rule_names
+                let rule = w_rules
                     .get(k.rule as usize)
                     .cloned()
                     .unwrap_or_else(|| Arc::from("other"));
@@ -450,7 +453,7 @@ impl FlowStats {
                     .entry((src.clone(), [host, rule], [k.method, k.class, k.decision]))
                     .or_insert(0) += v;
             }
-            for (s, l) in w.sources.iter().zip(src_labels) {
+            for (s, l) in w_sources.iter().zip(src_labels) {
                 let (Some(s), Some(l)) = (s, l) else { continue };
                 let agg = sources.entry(l).or_default();
                 agg.duration.merge(&s.duration);
