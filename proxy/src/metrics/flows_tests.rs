@@ -133,3 +133,29 @@ fn bench_record_http() {
         t.elapsed()
     );
 }
+
+#[test]
+fn a_host_named_by_a_reloaded_rule_gets_its_label_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, "default: allow\n").unwrap();
+    let stats = FlowStats::new(1, HostTable::new(0, Some(&rules)));
+    let a = pod("shop", "web-1", Some("web"));
+    stats.record_http(0, &req(Some(&a), "late.example:443", "GET"));
+    std::fs::write(
+        &rules,
+        "rules:\n- name: r1\n  match: {host: late.example}\n  action: allow\ndefault: allow\n",
+    )
+    .unwrap();
+    stats.hosts.refresh_rules(1);
+    // Same pod, host and rule as the previous request: the cached ids must
+    // not survive the rules change.
+    stats.record_http(0, &req(Some(&a), "late.example:443", "GET"));
+    let text = render(&stats, &|_, _| true);
+    for host in ["other", "late.example"] {
+        let line = format!(
+            "tproxy_requests_total{{source_namespace=\"shop\",source_workload=\"web\",source_pod=\"web-1\",destination_host=\"{host}\",method=\"GET\",status_class=\"2xx\",decision=\"allow\",rule=\"r1\"}} 1"
+        );
+        assert!(text.lines().any(|l| l == line), "missing `{line}`:\n{text}");
+    }
+}
