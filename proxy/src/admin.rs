@@ -66,7 +66,7 @@ fn route(method: &str, path: &str, shared: &Shared) -> (&'static str, &'static s
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
-                shared.metrics.render(),
+                render_metrics(shared),
             )
         }
         "/healthz" => ("200 OK", TEXT, "ok\n".into()),
@@ -90,6 +90,18 @@ fn route(method: &str, path: &str, shared: &Shared) -> (&'static str, &'static s
     }
 }
 
+/// The exposition; sources whose pod left the pod directory are dropped.
+fn render_metrics(shared: &Shared) -> String {
+    let dir = shared.pods.as_ref().map(|d| d.load());
+    let alive = |p: &crate::poddir::PodInfo, ip: std::net::IpAddr| {
+        dir.as_ref().is_none_or(|d| {
+            d.lookup(ip)
+                .is_some_and(|q| q.namespace == p.namespace && q.name == p.name)
+        })
+    };
+    shared.metrics.render(&alive)
+}
+
 /// Mirror counters that live elsewhere as atomics into the registry.
 fn sync_metrics(shared: &Shared) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -97,6 +109,10 @@ fn sync_metrics(shared: &Shared) {
     use crate::metrics::Metrics;
     let m = &shared.metrics;
     m.cert_cache_entries.set(shared.certs.len() as i64);
+    m.sync_active();
+    if let Some(f) = &m.flows {
+        f.hosts.refresh_rules(shared.policy.generation());
+    }
     let p = &shared.policy;
     Metrics::sync(&m.policy_reload_ok, p.reload_ok().load(Relaxed));
     Metrics::sync(&m.policy_reload_error, p.reload_error().load(Relaxed));

@@ -201,6 +201,18 @@ pub struct RunArgs {
     /// a missing file is an empty directory.
     #[arg(long, value_name = "FILE")]
     pub pod_directory: Option<PathBuf>,
+
+    /// Record per-request Prometheus metrics (requests, latency, bytes by source
+    /// pod and destination host; see docs/metrics.md). `--metrics=false` turns
+    /// only these off: connection, TLS, certificate and reload metrics stay.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
+    /// Destination hosts that get their own `destination_host` label, beyond the
+    /// exact host names of the rules file (which always do); later hosts are
+    /// counted as `other`.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub metrics_max_hosts: usize,
 }
 
 /// Proxy mode of a listener.
@@ -306,6 +318,10 @@ pub struct Config {
     pub ca_key_kind: KeyKind,
     pub rules: Option<PathBuf>,
     pub pod_directory: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics: bool,
+    /// `--metrics-max-hosts`.
+    pub metrics_max_hosts: usize,
 }
 
 /// A configuration problem, said so the user can fix it.
@@ -390,6 +406,8 @@ impl TryFrom<&RunArgs> for Config {
             ca_key_kind: a.ca_key_type.into(),
             rules: a.rules.clone(),
             pod_directory: a.pod_directory.clone(),
+            metrics: a.metrics,
+            metrics_max_hosts: a.metrics_max_hosts,
         })
     }
 }

@@ -332,7 +332,9 @@ async fn intercept_tls(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            shared.metrics.tls_failed[crate::metrics::CLIENT].inc();
+            shared
+                .metrics
+                .tls_failure(crate::metrics::CLIENT, crate::metrics::tls::reason(&e));
             let msg = if crate::tls::upstream::client_rejected_our_cert(&e) {
                 if shared.policy.fail_open().record_client_reject(&host) {
                     tracing::warn!(%host, "tls fail-open: passing this host through for the configured TTL");
@@ -345,7 +347,10 @@ async fn intercept_tls(
             return;
         }
         Err(_) => {
-            shared.metrics.tls_failed[crate::metrics::CLIENT].inc();
+            shared.metrics.tls_failure(
+                crate::metrics::CLIENT,
+                crate::metrics::tls::Reason::HandshakeTimeout,
+            );
             log_conn_error(
                 worker,
                 &ctx,

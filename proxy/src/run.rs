@@ -60,7 +60,12 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         },
         vec![b"http/1.1".to_vec()],
     )?;
-    let metrics = Metrics::new()?;
+    let metrics = Metrics::new(&crate::metrics::MetricsOptions {
+        workers: cfg.workers,
+        enabled: cfg.metrics,
+        max_hosts: cfg.metrics_max_hosts,
+        rules: cfg.rules.clone(),
+    })?;
     let policy = match &cfg.rules {
         Some(path) => crate::policy::LivePolicy::watch(path)
             .map_err(|e| StartError::Other(format!("--rules {}: {e}", path.display())))?,

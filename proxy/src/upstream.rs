@@ -301,14 +301,19 @@ pub async fn connect(
                     UpstreamIo::Tls(Box::new(s))
                 }
                 Ok(Err(e)) => {
-                    shared.metrics.tls_failed[crate::metrics::UPSTREAM].inc();
+                    shared
+                        .metrics
+                        .tls_failure(crate::metrics::UPSTREAM, crate::metrics::tls::reason(&e));
                     return Err(UpstreamError::Tls {
                         authority,
                         reason: crate::tls::upstream::describe_upstream_error(&e),
                     });
                 }
                 Err(_) => {
-                    shared.metrics.tls_failed[crate::metrics::UPSTREAM].inc();
+                    shared.metrics.tls_failure(
+                        crate::metrics::UPSTREAM,
+                        crate::metrics::tls::Reason::HandshakeTimeout,
+                    );
                     return Err(UpstreamError::Timeout {
                         authority,
                         secs: timeout.as_secs(),

@@ -83,3 +83,34 @@ fn admin_off_opens_no_admin_listener() {
     );
     assert!(wait_for_tcp(p.addr("regular"), Duration::from_secs(5)));
 }
+
+#[test]
+fn metrics_false_turns_only_per_request_families_off() {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let scrape = |p: &support::proxy::Proxy| {
+        let url = format!("{}/small.txt", ng.http_base());
+        let r = curl(&["-x", &p.proxy_url(), &url]);
+        assert_eq!(r.status, 200, "{r:?}");
+        let admin = format!("http://{}/metrics", p.addr("admin"));
+        // The flow is recorded after the response is sent: poll briefly.
+        wait_until(Duration::from_secs(5), || {
+            let text = curl(&[&admin]).text();
+            text.contains("tproxy_connections_total").then_some(text)
+        })
+        .unwrap()
+    };
+    let on = ProxyBuilder::new().spawn();
+    let on_text = wait_until(Duration::from_secs(5), || {
+        let t = scrape(&on);
+        t.contains("tproxy_requests_total{").then_some(t)
+    });
+    assert!(on_text.is_some(), "default: per-request families missing");
+    let off = ProxyBuilder::new().args(&["--metrics=false"]).spawn();
+    let text = scrape(&off);
+    assert!(
+        !text.contains("tproxy_requests_total") && !text.contains("tproxy_request_duration"),
+        "--metrics=false still exports per-request families:\n{text}"
+    );
+    assert!(text.contains("tproxy_build_info{"), "{text}");
+}

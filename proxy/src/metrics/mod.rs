@@ -1,5 +1,12 @@
-//! Prometheus metrics. Every handle is created once at start-up and cached
-//! here; nothing on the request path looks a label up.
+//! Prometheus metrics. Process-level handles are created once at start-up
+//! and cached here; per-request metrics labelled by source pod live in
+//! [`flows`] (per-worker accumulation merged at scrape). Nothing on the
+//! request path looks a label up. The metric list: docs/metrics.md.
+
+mod exposition;
+pub mod flows;
+pub mod labels;
+pub mod tls;
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -12,6 +19,8 @@ use crate::config::Mode;
 pub enum ConnKind {
     Intercepted,
     Passthrough,
+    /// Refused before any request: deny rule, loop guard, no destination
+    /// (label `blocked`).
     Refused,
 }
 
@@ -20,12 +29,15 @@ pub enum ConnKind {
 pub struct Metrics {
     pub registry: Registry,
     conns: [[IntCounter; 3]; 2],
+    /// Open client connections per listener mode (moved by conn.rs).
     active: [IntGauge; 2],
-    requests: [IntCounter; 6],
-    pub bytes_from_client: IntCounter,
-    pub bytes_to_client: IntCounter,
+    /// Open passthrough connections per listener mode.
+    passthrough_active: [IntGauge; 2],
+    /// `tproxy_connections_active{mode,kind}`, derived from the two above at scrape.
+    active_by_kind: [[IntGauge; 2]; 2],
     pub tls_ok: [IntCounter; 2],
-    pub tls_failed: [IntCounter; 2],
+    tls_failed: [IntCounter; 2],
+    tls_reasons: [[IntCounter; tls::REASONS.len()]; 2],
     pub cert_hit: IntCounter,
     pub cert_miss: IntCounter,
     pub cert_coalesced: IntCounter,
@@ -43,6 +55,21 @@ pub struct Metrics {
     /// TLS fail-open: client certificate rejections, hosts opened.
     pub failopen_rejects: IntCounter,
     pub failopen_opened: IntCounter,
+    /// Per-request metrics by source pod (None with `--metrics=false`).
+    pub flows: Option<flows::FlowStats>,
+}
+
+/// What [`Metrics::new`] needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct MetricsOptions {
+    /// Worker threads (one accumulator each).
+    pub workers: usize,
+    /// Record per-request metrics (`--metrics`).
+    pub enabled: bool,
+    /// `--metrics-max-hosts`.
+    pub max_hosts: usize,
+    /// The rules file, whose exact host names always get their own label.
+    pub rules: Option<std::path::PathBuf>,
 }
 
 fn mode_idx(m: Mode) -> usize {
@@ -58,7 +85,7 @@ pub const UPSTREAM: usize = 1;
 
 impl Metrics {
     /// Register every metric.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub fn new(opts: &MetricsOptions) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let conns_vec = IntCounterVec::new(
             Opts::new(
@@ -70,24 +97,11 @@ impl Metrics {
         let active_vec = IntGaugeVec::new(
             Opts::new(
                 "tproxy_connections_active",
-                "Client connections open now, by listener mode.",
+                "Client connections open now, by listener mode and kind (intercepted includes connections still being classified).",
             ),
-            &["mode"],
+            &["mode", "kind"],
         )?;
-        let req_vec = IntCounterVec::new(
-            Opts::new(
-                "tproxy_requests_total",
-                "HTTP requests handled, by response status class (error = no response).",
-            ),
-            &["status_class"],
-        )?;
-        let bytes_vec = IntCounterVec::new(
-            Opts::new(
-                "tproxy_body_bytes_total",
-                "HTTP body bytes relayed, by direction.",
-            ),
-            &["direction"],
-        )?;
+        let gauge = |name: &str| IntGauge::new(name, "internal (not exported)");
         let tls_vec = IntCounterVec::new(
             Opts::new(
                 "tproxy_tls_handshakes_total",
@@ -95,6 +109,23 @@ impl Metrics {
             ),
             &["side", "result"],
         )?;
+        let tls_reason_vec = IntCounterVec::new(
+            Opts::new(
+                "tproxy_tls_handshake_failures_total",
+                "Failed TLS handshakes, by side (client or upstream) and reason (unknown_ca, bad_certificate, handshake_timeout, eof, protocol, other).",
+            ),
+            &["side", "reason"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tproxy_build_info",
+                "Always 1; the version label says which tproxy is running.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let cert_vec = IntCounterVec::new(
             Opts::new(
                 "tproxy_cert_cache_lookups_total",
@@ -148,9 +179,9 @@ impl Metrics {
             Box::new(failopen_vec.clone()),
             Box::new(conns_vec.clone()),
             Box::new(active_vec.clone()),
-            Box::new(req_vec.clone()),
-            Box::new(bytes_vec.clone()),
             Box::new(tls_vec.clone()),
+            Box::new(tls_reason_vec.clone()),
+            Box::new(build_info.clone()),
             Box::new(cert_vec.clone()),
             Box::new(cert_mint_seconds.clone()),
             Box::new(cert_cache_entries.clone()),
@@ -164,25 +195,29 @@ impl Metrics {
             [
                 conn("regular", "intercepted"),
                 conn("regular", "passthrough"),
-                conn("regular", "refused"),
+                conn("regular", "blocked"),
             ],
             [
                 conn("transparent", "intercepted"),
                 conn("transparent", "passthrough"),
-                conn("transparent", "refused"),
+                conn("transparent", "blocked"),
             ],
         ];
-        let requests =
-            ["1xx", "2xx", "3xx", "4xx", "5xx", "error"].map(|c| req_vec.with_label_values(&[c]));
+        let reasons =
+            |side: &str| tls::REASONS.map(|r| tls_reason_vec.with_label_values(&[side, r]));
+        let flows = opts.enabled.then(|| {
+            flows::FlowStats::new(
+                opts.workers,
+                labels::HostTable::new(opts.max_hosts, opts.rules.as_deref()),
+            )
+        });
         Ok(Metrics {
             conns,
-            active: [
-                active_vec.with_label_values(&["regular"]),
-                active_vec.with_label_values(&["transparent"]),
-            ],
-            requests,
-            bytes_from_client: bytes_vec.with_label_values(&["from_client"]),
-            bytes_to_client: bytes_vec.with_label_values(&["to_client"]),
+            active: [gauge("active_regular")?, gauge("active_transparent")?],
+            passthrough_active: [gauge("pt_regular")?, gauge("pt_transparent")?],
+            active_by_kind: ["regular", "transparent"].map(|m| {
+                ["intercepted", "passthrough"].map(|k| active_vec.with_label_values(&[m, k]))
+            }),
             tls_ok: [
                 tls_vec.with_label_values(&["client", "ok"]),
                 tls_vec.with_label_values(&["upstream", "ok"]),
@@ -191,6 +226,8 @@ impl Metrics {
                 tls_vec.with_label_values(&["client", "failed"]),
                 tls_vec.with_label_values(&["upstream", "failed"]),
             ],
+            tls_reasons: [reasons("client"), reasons("upstream")],
+            flows,
             cert_hit: cert_vec.with_label_values(&["hit"]),
             cert_miss: cert_vec.with_label_values(&["miss"]),
             cert_coalesced: cert_vec.with_label_values(&["coalesced"]),
@@ -210,21 +247,40 @@ impl Metrics {
         })
     }
 
+    /// Count a connection of `kind` (a passthrough one stays active until
+    /// [`Metrics::passthrough_done`]).
     pub fn conn(&self, mode: Mode, kind: ConnKind) {
         self.conns[mode_idx(mode)][kind as usize].inc();
+        if let ConnKind::Passthrough = kind {
+            self.passthrough_active[mode_idx(mode)].inc();
+        }
     }
 
+    /// A passthrough connection counted by [`Metrics::conn`] ended.
+    pub fn passthrough_done(&self, mode: Mode) {
+        self.passthrough_active[mode_idx(mode)].dec();
+    }
+
+    /// Derive the exported active-connection gauges (called at scrape).
+    pub fn sync_active(&self) {
+        for m in 0..2 {
+            let all = self.active[m].get();
+            let pt = self.passthrough_active[m].get().clamp(0, all.max(0));
+            self.active_by_kind[m][0].set(all - pt);
+            self.active_by_kind[m][1].set(pt);
+        }
+    }
+
+    /// Open client connections of a listener mode (conn.rs moves it).
     pub fn active(&self, mode: Mode) -> &IntGauge {
         &self.active[mode_idx(mode)]
     }
 
-    /// Count a finished request by status (None = no response).
-    pub fn request(&self, status: Option<u16>) {
-        let idx = match status {
-            Some(s @ 100..=599) => usize::from(s / 100) - 1,
-            _ => 5,
-        };
-        self.requests[idx].inc();
+    /// Count a failed TLS handshake on `side` ([`CLIENT`] or [`UPSTREAM`]).
+    pub fn tls_failure(&self, side: usize, reason: tls::Reason) {
+        let side = side.min(1);
+        self.tls_failed[side].inc();
+        self.tls_reasons[side][reason as usize].inc();
     }
 
     /// Raise a counter to `value` (counters kept as atomics elsewhere are
@@ -236,10 +292,19 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// Prometheus text exposition: the registry, then the per-request
+    /// families (sources for which `alive` is false are dropped first).
+    pub fn render(
+        &self,
+        alive: &dyn Fn(&crate::poddir::PodInfo, std::net::IpAddr) -> bool,
+    ) -> String {
         let enc = prometheus::TextEncoder::new();
-        enc.encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        let mut out = enc
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default();
+        if let Some(f) = &self.flows {
+            f.render(alive, &mut out);
+        }
+        out
     }
 }
