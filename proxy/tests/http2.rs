@@ -68,6 +68,14 @@ fn versions(rec: &serde_json::Value) -> (String, String) {
     )
 }
 
+/// A temporary file of `len` patterned bytes, and the bytes.
+fn upload_file(len: u32) -> (tempfile::NamedTempFile, Vec<u8>) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    std::fs::write(f.path(), &data).unwrap();
+    (f, data)
+}
+
 fn h2(a: &str) -> (String, String) {
     (a.to_owned(), "HTTP/2.0".to_owned())
 }
@@ -367,9 +375,7 @@ fn http1_client_reaches_an_h2_only_upstream() {
     }
 
     // A chunked request body is de-chunked into DATA frames, byte-exact.
-    let upload = tempfile::NamedTempFile::new().unwrap();
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(upload.path(), &data).unwrap();
+    let (upload, data) = upload_file(300_000);
     let (body, _) = curl_version(
         None,
         &[
@@ -407,9 +413,7 @@ fn h2_client_reaches_an_http1_only_upstream() {
 
     // curl offers h2 and http/1.1: mirroring answers with what the upstream
     // took (no ALPN = HTTP/1.1), so there is nothing to translate.
-    let upload = tempfile::NamedTempFile::new().unwrap();
-    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
-    std::fs::write(upload.path(), &data).unwrap();
+    let (upload, data) = upload_file(1_000_000);
     let (body, version) = curl_version(
         None,
         &[

@@ -2,12 +2,12 @@
 //! (`h2server.py`), a multi-stream h2 client (`h2client.py`) and a grpcio
 //! service + client (`grpcsvc.py`). See each script's docstring.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use super::pki::TestPki;
+use super::pyup::spawn_ready;
 use super::{run_ok, terminate_child, venv_python};
 
 pub const H2SERVER_PY: &str = include_str!("h2server.py");
@@ -31,36 +31,16 @@ impl PyServer {
             .expect("tempdir");
         let path = dir.path().join(name);
         std::fs::write(&path, script).expect("write script");
-        let mut child = Command::new(venv_python())
-            .arg("-u")
-            .arg(&path)
-            .args(args)
-            .args(["--host", "127.0.0.1", "--port", "0", "--tls"])
-            .arg(pki.server_cert())
-            .arg(pki.server_key())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            terminate_child(&mut child, Duration::from_secs(1));
-            panic!("{name} did not report READY within 30 s");
-        };
-        let port: u16 = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: bad READY line {line:?}"));
+        let (child, port) = spawn_ready(
+            Command::new(venv_python())
+                .arg("-u")
+                .arg(&path)
+                .args(args)
+                .args(["--host", "127.0.0.1", "--port", "0", "--tls"])
+                .arg(pki.server_cert())
+                .arg(pki.server_key()),
+            name,
+        );
         PyServer {
             child,
             _dir: dir,

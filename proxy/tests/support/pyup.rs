@@ -71,34 +71,7 @@ impl PyUpstream {
         if let Some(p) = tls {
             cmd.arg("--tls").arg(p.server_cert()).arg(p.server_key());
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python upstream");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so the child never blocks on a full pipe.
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                terminate_child(&mut child, Duration::from_secs(1));
-                panic!("python upstream {kind_s} did not report READY within 20 s");
-            }
-        };
-        let port: u16 = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("python upstream {kind_s}: bad READY line {line:?}"));
+        let (child, port) = spawn_ready(&mut cmd, &format!("python upstream {kind_s}"));
         let ip: IpAddr = host.parse().expect("host ip");
         PyUpstream {
             child,
@@ -117,6 +90,38 @@ impl Drop for PyUpstream {
     fn drop(&mut self) {
         terminate_child(&mut self.child, Duration::from_secs(2));
     }
+}
+
+/// Spawns `cmd` (stdout piped) and waits for its `READY <port>` line; the
+/// rest of its stdout is drained so it never blocks. Panics naming `what`
+/// when no such line comes within 30 s.
+pub fn spawn_ready(cmd: &mut Command, what: &str) -> (Child, u16) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        terminate_child(&mut child, Duration::from_secs(1));
+        panic!("{what} did not report READY within 30 s");
+    };
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: bad READY line {line:?}"));
+    (child, port)
 }
 
 /// Writes a Python client script to a temp file and runs it with the venv
