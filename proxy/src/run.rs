@@ -103,6 +103,34 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         None => None,
     };
 
+    let (tracer, exporter) = match &cfg.tracing {
+        Some(t) => {
+            let counters = crate::observe::trace::Counters::register(&metrics.registry)?;
+            let tls = if t.endpoint.tls {
+                Some(client_config(
+                    &UpstreamTlsOptions {
+                        insecure: false,
+                        extra_roots: cfg.upstream_ca.clone(),
+                    },
+                    vec![b"http/1.1".to_vec()],
+                )?)
+            } else {
+                None
+            };
+            let (tracer, exporter) =
+                crate::observe::trace::start(t, tls, counters).map_err(|e| {
+                    StartError::Other(format!("cannot spawn the OTLP exporter thread: {e}"))
+                })?;
+            tracing::info!(
+                endpoint = %t.endpoint.url,
+                sampler = %t.sampler.describe(),
+                inject_traceparent = t.inject_always,
+                "exporting traces"
+            );
+            (Some(tracer), Some(exporter))
+        }
+        None => (None, None),
+    };
     let flowlog = FlowLog::stdout(FlowLogConfig {
         format: cfg.log_format,
         detail: cfg.flow_detail,
@@ -121,6 +149,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         in_flight: AtomicUsize::new(0),
         policy,
         pods,
+        tracer,
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -176,6 +205,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         );
     }
     flowlog.flush();
+    if let Some(e) = exporter {
+        e.shutdown();
+    }
     Ok(())
 }
 
