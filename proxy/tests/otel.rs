@@ -43,10 +43,10 @@ const PARENT: &str = "00f067aa0ba902b7";
 
 /// Reads HTTP/1.1 requests (keep-alive) on one connection and hands each
 /// (head, body) to `on_request`, which returns the response status and body.
-fn serve_http(
-    mut s: TcpStream,
-    on_request: &(dyn Fn(&str, &[(String, String)], &[u8]) -> (u16, Vec<u8>) + Sync),
-) {
+/// A request handler: (path, lower-cased headers, body) → (status, body).
+type Handler = dyn Fn(&str, &[(String, String)], &[u8]) -> (u16, Vec<u8>) + Send + Sync;
+
+fn serve_http(mut s: TcpStream, on_request: &Handler) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
