@@ -609,3 +609,86 @@ fn bad_sampler_or_endpoint_stops_start_up_with_a_clear_error() {
         assert!(stderr.contains(needle), "{needle} not named: {stderr}");
     }
 }
+
+#[test]
+fn queued_spans_are_exported_on_shutdown() {
+    let rx = Receiver::start();
+    let up = Recorder::start();
+    // Batches would wait 10 minutes: only the shutdown flush can send them.
+    let mut p = ProxyBuilder::new()
+        .args(&["--otlp-endpoint", &format!("http://{}", rx.addr)])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .spawn();
+    for i in 0..3 {
+        let r = curl(&[
+            "-x",
+            &p.proxy_url(),
+            &format!("http://{}/rec/shutdown-{i}", up.addr),
+        ]);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait_exit(T).is_some(),
+        "no exit after SIGTERM\n{}",
+        p.dump()
+    );
+    let spans = rx.spans();
+    for i in 0..3 {
+        let suffix = format!("/rec/shutdown-{i}");
+        assert!(
+            find(&spans, SpanKind::Server, &suffix).is_some()
+                && find(&spans, SpanKind::Client, &suffix).is_some(),
+            "{suffix} not flushed at shutdown: {spans:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_stalled_receiver_never_slows_requests_and_overflow_is_counted() {
+    // Accepts export connections and never answers (nor reads).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    // None once the test is done: later connections are closed at once.
+    let held: Arc<Mutex<Option<Vec<TcpStream>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            if let Some(v) = h.lock().unwrap().as_mut() {
+                v.push(s);
+            }
+        }
+    });
+    let up = Recorder::start();
+    // One flow queued at most, one span per export: the first export hangs
+    // (60 s timeout), one flow waits in the queue, the rest overflow.
+    let p = ProxyBuilder::new()
+        .args(&[
+            "--otlp-endpoint",
+            &format!("http://{addr}"),
+            "--otlp-queue-size",
+            "1",
+        ])
+        .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")
+        .spawn();
+    for i in 0..10 {
+        let r = curl(&[
+            "-x",
+            &p.proxy_url(),
+            &format!("http://{}/rec/stall-{i}", up.addr),
+        ]);
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    let dropped = metric(
+        &p,
+        "tproxy_trace_spans_dropped_total{reason=\"queue_full\"}",
+    );
+    assert!(
+        dropped >= 2.0,
+        "expected overflow with a hung exporter, got {dropped}\n{}",
+        curl(&[&format!("http://{}/metrics", p.addr("admin"))]).text()
+    );
+    // Let the hung export fail now so shutdown is quick.
+    held.lock().unwrap().take();
+}

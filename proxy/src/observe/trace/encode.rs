@@ -130,7 +130,7 @@ fn http_spans(h: &HttpRecord, out: &mut Vec<Span>) {
     } else {
         "HTTP".to_owned()
     };
-    let url = redact_url(&h.url).into_owned();
+    let url = semconv_url(&h.url);
     let scheme = url.split_once("://").map_or("http", |(s, _)| s);
     let path = url
         .split_once("://")
@@ -283,6 +283,20 @@ fn tcp_span(t: &TcpRecord) -> Span {
         status: Some(status(t.error.is_some(), t.error.as_deref())),
         ..Default::default()
     }
+}
+
+/// `url.full` as the semantic conventions want it: user info replaced by
+/// `REDACTED:REDACTED`, credential-like query values masked (the flow log's
+/// rules).
+fn semconv_url(url: &str) -> String {
+    let masked = redact_url(url);
+    if let Some((scheme, rest)) = masked.split_once("://") {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            return format!("{scheme}://REDACTED:REDACTED@{}", &rest[at + 1..]);
+        }
+    }
+    masked.into_owned()
 }
 
 fn status(failed: bool, message: Option<&str>) -> Status {
