@@ -277,3 +277,105 @@ fn read_response(conn: &mut Conn) -> Result<(u16, bool, String), Failure> {
     };
     Ok((status, reusable, text))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn endpoint(port: u16) -> Endpoint {
+        Endpoint {
+            url: format!("http://127.0.0.1:{port}/v1/traces"),
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+            path: "/v1/traces".into(),
+        }
+    }
+
+    /// Serves one request per connection with `status`/`body`, then closes
+    /// the connection without announcing it (as an idle timeout would).
+    /// Returns the port and a connection counter.
+    fn one_shot_server(status: u16, body: &'static str) -> (u16, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().take(20) {
+                let mut s = s.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head, then the body by Content-Length.
+                let total = loop {
+                    let n = s.read(&mut chunk).unwrap();
+                    assert!(n > 0, "client closed early");
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut hs = [httparse::EMPTY_HEADER; 32];
+                    let mut req = httparse::Request::new(&mut hs);
+                    if let httparse::Status::Complete(h) = req.parse(&buf).unwrap() {
+                        assert_eq!(req.path, Some("/v1/traces"));
+                        let len: usize = req
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                            .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                            .unwrap();
+                        break h + len;
+                    }
+                };
+                while buf.len() < total {
+                    let n = s.read(&mut chunk).unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).unwrap();
+                // Dropped: closed with no `connection: close` header.
+            }
+        });
+        (port, conns)
+    }
+
+    #[test]
+    fn a_connection_closed_while_idle_is_replaced_once() {
+        let (port, conns) = one_shot_server(200, "");
+        let mut c = OtlpClient::new(endpoint(port), &[], Duration::from_secs(5), None);
+        for _ in 0..3 {
+            c.post(b"payload").unwrap();
+            // Let the server's close arrive before the next export.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn non_2xx_is_an_error_with_the_body() {
+        let (port, _) = one_shot_server(503, "collector overloaded");
+        let mut c = OtlpClient::new(endpoint(port), &[], Duration::from_secs(5), None);
+        match c.post(b"x") {
+            Err(ExportError::Status { status, body }) => {
+                assert_eq!((status, body.as_str()), (503, "collector overloaded"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_is_a_connect_error() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut c = OtlpClient::new(endpoint(port), &[], Duration::from_secs(2), None);
+        let e = c.post(b"x").unwrap_err();
+        assert!(matches!(e, ExportError::Connect { .. }), "{e:?}");
+        assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+    }
+}
