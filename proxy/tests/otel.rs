@@ -46,8 +46,7 @@ const PARENT: &str = "00f067aa0ba902b7";
 /// A request handler: (path, lower-cased headers, body) → (status, body).
 type Handler = dyn Fn(&str, &[(String, String)], &[u8]) -> (u16, Vec<u8>) + Send + Sync;
 
-fn serve_http(mut s: TcpStream, on_request: &Handler) {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+fn serve_http(mut s: impl Read + Write, on_request: &Handler) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     // Bounded: at most 10 000 requests per connection.
@@ -97,16 +96,27 @@ fn serve_http(mut s: TcpStream, on_request: &Handler) {
     }
 }
 
-/// Accepts connections on `l` forever (a thread per connection).
-fn accept_loop<F>(l: TcpListener, f: Arc<F>)
+/// Accepts connections on `l` forever (a thread per connection), over TLS
+/// when `tls` is given.
+fn accept_loop<F>(l: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, f: Arc<F>)
 where
     F: Fn(&str, &[(String, String)], &[u8]) -> (u16, Vec<u8>) + Send + Sync + 'static,
 {
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let f = f.clone();
-            std::thread::spawn(move || serve_http(s, &*f));
+            match &tls {
+                None => {
+                    std::thread::spawn(move || serve_http(s, &*f));
+                }
+                Some(cfg) => {
+                    let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+                    let tls = rustls::StreamOwned::new(conn, s);
+                    std::thread::spawn(move || serve_http(tls, &*f));
+                }
+            }
         }
     });
 }
@@ -120,12 +130,37 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Self::start_with(None)
+    }
+
+    /// An HTTPS receiver with the test PKI's server certificate.
+    fn start_tls(pki: &TestPki) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.server_cert())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(pki.server_key()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start_with(Some(Arc::new(cfg)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let got: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
         let g = got.clone();
         accept_loop(
             l,
+            tls,
             Arc::new(
                 move |path: &str, headers: &[(String, String)], body: &[u8]| {
                     let ct = headers.iter().find(|(k, _)| k == "content-type");
@@ -189,6 +224,7 @@ impl Recorder {
         let s = seen.clone();
         accept_loop(
             l,
+            None,
             Arc::new(move |path: &str, headers: &[(String, String)], _: &[u8]| {
                 let tp = headers
                     .iter()
@@ -691,4 +727,48 @@ fn a_stalled_receiver_never_slows_requests_and_overflow_is_counted() {
     );
     // Let the hung export fail now so shutdown is quick.
     held.lock().unwrap().take();
+}
+
+#[test]
+fn https_endpoint_is_verified_against_upstream_ca() {
+    let pki = TestPki::new();
+    let rx = Receiver::start_tls(&pki);
+    let up = Recorder::start();
+    let endpoint = format!("https://localhost:{}", rx.addr.port());
+    // Trusting the receiver's CA (--upstream-ca): spans arrive.
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--otlp-endpoint", &endpoint])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .spawn();
+    let r = curl(&["-x", &p.proxy_url(), &format!("http://{}/rec/tls", up.addr)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    rx.wait("spans over HTTPS", |s| {
+        find(s, SpanKind::Client, "/rec/tls").is_some()
+    });
+    drop(p);
+    // Not trusting it: the export fails verification and is counted.
+    let p = ProxyBuilder::new()
+        .args(&["--otlp-endpoint", &endpoint])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .spawn();
+    let r = curl(&[
+        "-x",
+        &p.proxy_url(),
+        &format!("http://{}/rec/untrusted", up.addr),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let failed = wait_until(T, || {
+        (metric(
+            &p,
+            "tproxy_trace_spans_dropped_total{reason=\"export_failed\"}",
+        ) >= 2.0)
+            .then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "an untrusted receiver must not get spans\n{}",
+        p.dump()
+    );
+    assert!(find(&rx.spans(), SpanKind::Client, "/rec/untrusted").is_none());
 }
