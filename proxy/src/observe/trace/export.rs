@@ -81,7 +81,7 @@ impl Exporter {
         let mut worker = Batcher {
             client: OtlpClient::new(
                 settings.endpoint.clone(),
-                &settings.headers,
+                &settings.headers.0,
                 settings.timeout,
                 tls,
             ),

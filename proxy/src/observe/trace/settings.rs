@@ -39,9 +39,22 @@ pub struct TraceSettings {
     /// Timeout of one export request (connect, write, read each).
     pub timeout: Duration,
     /// Extra HTTP headers of export requests (`OTEL_EXPORTER_OTLP_HEADERS`).
-    pub headers: Vec<(String, String)>,
+    pub headers: ExportHeaders,
     /// `service.name` of spans whose client is not a known pod.
     pub service_name: String,
+}
+
+/// Extra export request headers; often credentials, so `Debug` shows the
+/// names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ExportHeaders(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for ExportHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}: ***")))
+            .finish()
+    }
 }
 
 /// A trace setting that cannot work.
@@ -157,8 +170,8 @@ pub fn resolve(
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
         "OTEL_EXPORTER_OTLP_HEADERS",
     ) {
-        None => Vec::new(),
-        Some(h) => parse_headers(&h)?,
+        None => ExportHeaders::default(),
+        Some(h) => ExportHeaders(parse_headers(&h)?),
     };
     Ok(Some(TraceSettings {
         endpoint,
@@ -397,7 +410,7 @@ mod tests {
         let s = resolve(None, true, 100, &env_of(&env)).unwrap().unwrap();
         assert_eq!(s.sampler.describe(), "parentbased_traceidratio(0.25)");
         assert_eq!(
-            s.headers,
+            s.headers.0,
             vec![
                 ("authorization".to_owned(), "Bearer x".to_owned()),
                 ("x-tenant".to_owned(), "a".to_owned())
@@ -408,6 +421,11 @@ mod tests {
         assert_eq!(s.batch_size, 100, "a batch never exceeds the queue");
         assert_eq!(s.service_name, "edge-proxy");
         assert!(s.inject_always);
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("authorization: ***") && !shown.contains("Bearer"),
+            "{shown}"
+        );
     }
 
     #[test]
