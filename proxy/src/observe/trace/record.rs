@@ -1,7 +1,8 @@
 //! What a worker hands to the exporter thread for one finished flow: ids,
 //! times and the few fields the spans need, copied out of the flow record.
 //! Everything costlier (URL redaction, attribute building, protobuf) runs on
-//! the exporter thread.
+//! the exporter thread. Fields named like those of [`HttpFlow`] and
+//! [`TcpFlow`] mean the same; times are nanoseconds since the Unix epoch.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +43,9 @@ impl SpanMsg {
 /// Ids of the two spans of an HTTP exchange.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpIds {
+    /// The trace.
     pub trace_id: TraceId,
+    /// tproxy's SERVER span.
     pub server_span: SpanId,
     /// The caller's span, when the client sent a `traceparent`.
     pub remote_parent: Option<SpanId>,
@@ -51,18 +54,26 @@ pub struct HttpIds {
 /// The upstream half of an HTTP exchange.
 #[derive(Debug)]
 pub struct ClientPart {
+    /// The CLIENT span (the upstream's parent in our `traceparent`).
     pub span_id: SpanId,
+    /// After the upstream connect and TLS handshake, when known.
     pub start_ns: u64,
+    /// The upstream address connected to.
     pub peer: Option<SocketAddr>,
+    /// Version of the upstream's response.
     pub response_version: Option<HttpVersion>,
 }
 
 /// A finished, sampled HTTP exchange.
 #[derive(Debug)]
 pub struct HttpRecord {
+    /// The client's pod: the resource of the spans.
     pub source: Option<Arc<PodInfo>>,
+    /// Span ids.
     pub ids: HttpIds,
+    /// Request head arrived.
     pub start_ns: u64,
+    /// Exchange finished.
     pub end_ns: u64,
     pub method: String,
     /// Unredacted; redacted on the exporter thread.
@@ -70,6 +81,7 @@ pub struct HttpRecord {
     pub destination: String,
     pub sni: Option<String>,
     pub client: SocketAddr,
+    /// Response status (None: no response).
     pub status: Option<u16>,
     pub request_version: HttpVersion,
     pub mode: &'static str,
@@ -79,16 +91,22 @@ pub struct HttpRecord {
     pub error: Option<String>,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// The upstream exchange (None: answered by tproxy, e.g. denied).
     pub client_span: Option<ClientPart>,
 }
 
 /// A finished passthrough connection.
 #[derive(Debug)]
 pub struct TcpRecord {
+    /// The client's pod: the resource of the span.
     pub source: Option<Arc<PodInfo>>,
+    /// A new trace per connection.
     pub trace_id: TraceId,
+    /// The connection span.
     pub span_id: SpanId,
+    /// Accepted.
     pub start_ns: u64,
+    /// Closed.
     pub end_ns: u64,
     pub destination: String,
     pub server_addr: Option<SocketAddr>,
