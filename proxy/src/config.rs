@@ -208,7 +208,8 @@ pub struct RunArgs {
     /// OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces); with none of them, no tracing. Sampling:
     /// OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on); also
     /// read: OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_SERVICE_NAME,
-    /// OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_EXPORT_BATCH_SIZE. See docs/tracing.md.
+    /// OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_EXPORT_BATCH_SIZE.
+    /// See docs/tracing.md.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 

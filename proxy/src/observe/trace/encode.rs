@@ -58,9 +58,17 @@ fn pod_key(m: &SpanMsg) -> PodKey<'_> {
     m.source().map(|p| (p.namespace.as_str(), p.name.as_str()))
 }
 
-/// Encode the export request for a batch. `fallback_service` names the
-/// resource of clients that are not known pods.
-pub fn request(batch: &[SpanMsg], fallback_service: &str) -> Vec<u8> {
+/// Resource settings that do not come from the pod.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceDefaults {
+    /// `service.name` of clients that are not known pods.
+    pub service_name: String,
+    /// Added to every resource unless the pod already set the key.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Encode the export request for a batch.
+pub fn request(batch: &[SpanMsg], defaults: &ResourceDefaults) -> Vec<u8> {
     // Resource per pod: Jaeger's service list shows `service.name` (the
     // workload), so several pods of one workload are one service there,
     // while each span still says which pod sent it. Grouped by sorting
@@ -79,7 +87,7 @@ pub fn request(batch: &[SpanMsg], fallback_service: &str) -> Vec<u8> {
         let group = &order[i..j];
         let pod = batch[group[0]].source().map(|p| &**p);
         pb::message(&mut out, REQ_RESOURCE_SPANS, |b| {
-            pb::message(b, RS_RESOURCE, |b| resource(b, pod, fallback_service));
+            pb::message(b, RS_RESOURCE, |b| resource(b, pod, defaults));
             pb::message(b, RS_SCOPE_SPANS, |b| {
                 pb::message(b, SS_SCOPE, |b| {
                     pb::bytes(b, SCOPE_NAME, b"tproxy");
@@ -107,25 +115,29 @@ pub fn service_name(pod: &PodInfo) -> &str {
         .unwrap_or(&pod.name)
 }
 
-fn resource(b: &mut Vec<u8>, pod: Option<&PodInfo>, fallback_service: &str) {
-    let a = RESOURCE_ATTRIBUTES;
+fn resource(b: &mut Vec<u8>, pod: Option<&PodInfo>, defaults: &ResourceDefaults) {
+    // Keys written so far, so OTEL_RESOURCE_ATTRIBUTES never repeats one.
+    let mut keys: Vec<&str> = Vec::with_capacity(12);
+    let mut put = |b: &mut Vec<u8>, key: &'static str, value: &str| {
+        keys.push(key);
+        str_attr(b, RESOURCE_ATTRIBUTES, key, value);
+    };
     match pod {
         Some(p) => {
-            str_attr(b, a, "service.name", service_name(p));
-            str_attr(b, a, "service.namespace", &p.namespace);
+            put(b, "service.name", service_name(p));
+            put(b, "service.namespace", &p.namespace);
             if p.uid.is_empty() {
-                str_attr(
+                put(
                     b,
-                    a,
                     "service.instance.id",
                     &format!("{}/{}", p.namespace, p.name),
                 );
             } else {
-                str_attr(b, a, "service.instance.id", &p.uid);
-                str_attr(b, a, "k8s.pod.uid", &p.uid);
+                put(b, "service.instance.id", &p.uid);
+                put(b, "k8s.pod.uid", &p.uid);
             }
-            str_attr(b, a, "k8s.namespace.name", &p.namespace);
-            str_attr(b, a, "k8s.pod.name", &p.name);
+            put(b, "k8s.namespace.name", &p.namespace);
+            put(b, "k8s.pod.name", &p.name);
             if let (Some(kind), Some(name)) = (&p.workload_kind, &p.workload_name) {
                 let key = match kind.as_str() {
                     "Deployment" => Some("k8s.deployment.name"),
@@ -137,15 +149,20 @@ fn resource(b: &mut Vec<u8>, pod: Option<&PodInfo>, fallback_service: &str) {
                     _ => None,
                 };
                 if let Some(key) = key {
-                    str_attr(b, a, key, name);
+                    put(b, key, name);
                 }
             }
         }
-        None => str_attr(b, a, "service.name", fallback_service),
+        None => put(b, "service.name", &defaults.service_name),
     }
-    str_attr(b, a, "telemetry.sdk.name", "tproxy");
-    str_attr(b, a, "telemetry.sdk.language", "rust");
-    str_attr(b, a, "telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
+    put(b, "telemetry.sdk.name", "tproxy");
+    put(b, "telemetry.sdk.language", "rust");
+    put(b, "telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
+    for (k, v) in &defaults.extra {
+        if !keys.contains(&k.as_str()) {
+            str_attr(b, RESOURCE_ATTRIBUTES, k, v);
+        }
+    }
 }
 
 const KNOWN_METHODS: [&str; 10] = [

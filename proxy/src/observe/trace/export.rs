@@ -88,7 +88,10 @@ impl Exporter {
             counters,
             batch_size: settings.batch_size,
             delay: settings.schedule_delay,
-            service_name: settings.service_name.clone(),
+            resource: super::encode::ResourceDefaults {
+                service_name: settings.service_name.clone(),
+                extra: settings.resource_attributes.clone(),
+            },
             failing: false,
             endpoint: settings.endpoint.url.clone(),
         };
@@ -120,7 +123,7 @@ struct Batcher {
     counters: Counters,
     batch_size: usize,
     delay: Duration,
-    service_name: String,
+    resource: super::encode::ResourceDefaults,
     /// The last export failed (log state changes only, not every failure).
     failing: bool,
     endpoint: String,
@@ -197,7 +200,7 @@ impl Batcher {
     /// Encode and send one batch; false when it failed.
     fn export(&mut self, batch: Vec<SpanMsg>) -> bool {
         let n: u64 = batch.iter().map(SpanMsg::span_count).sum();
-        let body = super::encode::request(&batch, &self.service_name);
+        let body = super::encode::request(&batch, &self.resource);
         drop(batch);
         match self.client.post(&body) {
             Ok(()) => {

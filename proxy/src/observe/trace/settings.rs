@@ -42,6 +42,9 @@ pub struct TraceSettings {
     pub headers: ExportHeaders,
     /// `service.name` of spans whose client is not a known pod.
     pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`: added to every resource (e.g.
+    /// `k8s.cluster.name`); never replaces the pod's own attributes.
+    pub resource_attributes: Vec<(String, String)>,
 }
 
 /// Extra export request headers; often credentials, so `Debug` shows the
@@ -171,7 +174,7 @@ pub fn resolve(
         "OTEL_EXPORTER_OTLP_HEADERS",
     ) {
         None => ExportHeaders::default(),
-        Some(h) => ExportHeaders(parse_headers(&h)?),
+        Some(h) => ExportHeaders(parse_pairs("OTEL_EXPORTER_OTLP_HEADERS", &h, true)?),
     };
     Ok(Some(TraceSettings {
         endpoint,
@@ -183,6 +186,10 @@ pub fn resolve(
         timeout,
         headers,
         service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| "tproxy".to_owned()),
+        resource_attributes: match var("OTEL_RESOURCE_ATTRIBUTES") {
+            None => Vec::new(),
+            Some(v) => parse_pairs("OTEL_RESOURCE_ATTRIBUTES", &v, false)?,
+        },
     }))
 }
 
@@ -265,30 +272,31 @@ fn parse_url(
 }
 
 /// `key=value,key2=value2` with percent-encoded values (W3C Baggage style,
-/// as the OTLP exporter spec says).
-fn parse_headers(s: &str) -> Result<Vec<(String, String)>, SettingsError> {
+/// as the OTLP exporter and resource specs say). `header`: keys must be
+/// HTTP header names.
+fn parse_pairs(var: &str, s: &str, header: bool) -> Result<Vec<(String, String)>, SettingsError> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item.split_once('=').ok_or_else(|| {
-            SettingsError::Other(format!(
-                "OTEL_EXPORTER_OTLP_HEADERS: {item:?} is not key=value"
-            ))
-        })?;
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| SettingsError::Other(format!("{var}: {item:?} is not key=value")))?;
         let k = k.trim();
-        if k.is_empty()
-            || !k
-                .bytes()
+        let name_ok = if header {
+            k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        } else {
+            !k.bytes().any(|b| b.is_ascii_control())
+        };
+        if k.is_empty() || !name_ok {
             return Err(SettingsError::Other(format!(
-                "OTEL_EXPORTER_OTLP_HEADERS: {k:?} is not a header name"
+                "{var}: {k:?} is not a valid key"
             )));
         }
         let v = percent_decode(v.trim());
-        if v.bytes().any(|b| b == b'\r' || b == b'\n') {
-            return Err(SettingsError::Other(
-                "OTEL_EXPORTER_OTLP_HEADERS: a value contains a line break".into(),
-            ));
+        if header && v.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(SettingsError::Other(format!(
+                "{var}: a value contains a line break"
+            )));
         }
         out.push((k.to_owned(), v));
     }
@@ -406,6 +414,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
             ("OTEL_SERVICE_NAME", "edge-proxy"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "k8s.cluster.name=prod-eu,deployment.environment=prod",
+            ),
         ];
         let s = resolve(None, true, 100, &env_of(&env)).unwrap().unwrap();
         assert_eq!(s.sampler.describe(), "parentbased_traceidratio(0.25)");
@@ -420,6 +432,11 @@ mod tests {
         assert_eq!(s.schedule_delay, Duration::from_millis(200));
         assert_eq!(s.batch_size, 100, "a batch never exceeds the queue");
         assert_eq!(s.service_name, "edge-proxy");
+        assert_eq!(
+            s.resource_attributes[0],
+            ("k8s.cluster.name".to_owned(), "prod-eu".to_owned())
+        );
+        assert_eq!(s.resource_attributes.len(), 2);
         assert!(s.inject_always);
         let shown = format!("{s:?}");
         assert!(

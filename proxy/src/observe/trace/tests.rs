@@ -168,8 +168,19 @@ fn i(attrs: &[KeyValue], key: &str) -> i64 {
     }
 }
 
+fn defaults() -> encode::ResourceDefaults {
+    encode::ResourceDefaults {
+        service_name: "tproxy".into(),
+        extra: vec![
+            ("k8s.cluster.name".into(), "prod-eu".into()),
+            // Never replaces what the pod says.
+            ("service.namespace".into(), "ignored".into()),
+        ],
+    }
+}
+
 fn round_trip(batch: Vec<SpanMsg>) -> ExportTraceServiceRequest {
-    let bytes = encode::request(&batch, "tproxy");
+    let bytes = encode::request(&batch, &defaults());
     ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap()
 }
 
@@ -198,6 +209,12 @@ fn http_spans_follow_the_semantic_conventions() {
     assert_eq!(s(res, "k8s.namespace.name"), "backup");
     assert_eq!(s(res, "k8s.pod.name"), "velero-1");
     assert_eq!(s(res, "k8s.deployment.name"), "velero");
+    assert_eq!(s(res, "k8s.cluster.name"), "prod-eu");
+    let namespaces = res
+        .iter()
+        .filter(|kv| kv.key == "service.namespace")
+        .count();
+    assert_eq!(namespaces, 1);
     let spans: &[Span] = &rs.scope_spans[0].spans;
     assert_eq!(spans.len(), 2);
     let (server, client) = (&spans[0], &spans[1]);
@@ -436,7 +453,7 @@ fn measure_span_cost() {
     let t0 = Instant::now();
     let bytes: usize = batches
         .iter()
-        .map(|b| encode::request(b, "tproxy").len())
+        .map(|b| encode::request(b, &defaults()).len())
         .sum();
     let spans = u128::from(rounds) * 512;
     let export_ns = t0.elapsed().as_nanos() / spans;
