@@ -601,6 +601,24 @@ fn receiver_down_requests_still_succeed_and_lost_spans_are_counted() {
         &format!("{}/small.txt", ng.http_base()),
     ]);
     assert_eq!(r.status, 200, "{r:?}");
+    // The trace counters pass Prometheus' own linter.
+    let text = curl(&[&format!("http://{}/metrics", p.addr("admin"))]).body;
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &text).unwrap();
+    let out = run_bounded(
+        Command::new("sh")
+            .arg("-c")
+            .arg("promtool check metrics < \"$1\"")
+            .arg("sh")
+            .arg(f.path()),
+        T,
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
