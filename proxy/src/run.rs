@@ -105,28 +105,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
 
     let (tracer, exporter) = match &cfg.tracing {
         Some(t) => {
-            let counters = crate::observe::trace::Counters::register(&metrics.registry)?;
-            let tls = if t.endpoint.tls {
-                Some(client_config(
-                    &UpstreamTlsOptions {
-                        insecure: false,
-                        extra_roots: cfg.upstream_ca.clone(),
-                    },
-                    vec![b"http/1.1".to_vec()],
-                )?)
-            } else {
-                None
-            };
             let (tracer, exporter) =
-                crate::observe::trace::start(t, tls, counters).map_err(|e| {
-                    StartError::Other(format!("cannot spawn the OTLP exporter thread: {e}"))
-                })?;
-            tracing::info!(
-                endpoint = %t.endpoint.url,
-                sampler = %t.sampler.describe(),
-                inject_traceparent = t.inject_always,
-                "exporting traces"
-            );
+                crate::observe::trace::start(t, &cfg.upstream_ca, &metrics.registry)
+                    .map_err(|e| StartError::Other(format!("tracing: {e}")))?;
             (Some(tracer), Some(exporter))
         }
         None => (None, None),

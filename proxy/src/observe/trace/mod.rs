@@ -40,7 +40,6 @@ pub mod settings;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 
 use prometheus::IntCounter;
@@ -101,13 +100,40 @@ pub struct Tracer {
     dropped: IntCounter,
 }
 
-/// Start tracing: the bounded queue and the exporter thread. `tls` is needed
-/// for an `https://` endpoint.
+/// Tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Registering the trace counters failed.
+    #[error("registering the trace metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The TLS client for an `https://` endpoint could not be built.
+    #[error("TLS for the OTLP endpoint: {0}")]
+    Tls(#[from] crate::tls::ca::CaError),
+    /// The exporter thread could not be spawned.
+    #[error("cannot spawn the OTLP exporter thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Start tracing: register the counters in `registry`, create the bounded
+/// queue and spawn the exporter thread. An `https://` endpoint is verified
+/// against the system/webpki roots plus `extra_roots` (`--upstream-ca`).
 pub fn start(
     settings: &TraceSettings,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    counters: Counters,
-) -> std::io::Result<(Tracer, Exporter)> {
+    extra_roots: &[std::path::PathBuf],
+    registry: &prometheus::Registry,
+) -> Result<(Tracer, Exporter), StartError> {
+    let counters = Counters::register(registry)?;
+    let tls = if settings.endpoint.tls {
+        Some(crate::tls::upstream::client_config(
+            &crate::tls::upstream::UpstreamTlsOptions {
+                insecure: false,
+                extra_roots: extra_roots.to_vec(),
+            },
+            vec![b"http/1.1".to_vec()],
+        )?)
+    } else {
+        None
+    };
     let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue_size);
     let tracer = Tracer {
         tx,
@@ -116,6 +142,12 @@ pub fn start(
         dropped: counters.dropped_queue_full.clone(),
     };
     let exporter = Exporter::spawn(settings, tls, counters, rx)?;
+    tracing::info!(
+        endpoint = %settings.endpoint.url,
+        sampler = %settings.sampler.describe(),
+        inject_traceparent = settings.inject_always,
+        "exporting traces"
+    );
     Ok((tracer, exporter))
 }
 
