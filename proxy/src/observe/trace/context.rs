@@ -224,6 +224,25 @@ mod tests {
     }
 
     #[test]
+    fn every_single_byte_mutation_is_handled() {
+        // 55 positions x 256 values, plus truncations: never a panic, and
+        // whatever is accepted prints back to the same ids and flags.
+        let base = TP.as_bytes();
+        for i in 0..base.len() {
+            for v in 0..=255u8 {
+                let mut m = base.to_vec();
+                m[i] = v;
+                if let Some(p) = parse_traceparent(&m) {
+                    // Future versions are read by the 00 layout and printed as 00.
+                    let again = format_traceparent(&p.trace_id, &p.span_id, p.flags);
+                    assert_eq!(&again.as_bytes()[2..], &m[2..], "{i} {v}");
+                }
+            }
+            assert_eq!(parse_traceparent(&base[..i]), None);
+        }
+    }
+
+    #[test]
     fn generated_ids_are_non_zero_and_distinct() {
         let a = new_trace_id();
         let b = new_trace_id();
