@@ -524,3 +524,53 @@ fn https_endpoint_is_verified_against_upstream_ca() {
     );
     assert!(find(&rx.spans(), SpanKind::Client, "/rec/untrusted").is_none());
 }
+
+#[test]
+fn sampler_decisions_hold_end_to_end() {
+    let rx = Receiver::start();
+    let up = Recorder::start();
+    // Record only what the caller sampled; nothing for new traces.
+    let p = ProxyBuilder::new()
+        .args(&["--otlp-endpoint", &format!("http://{}", rx.addr)])
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .spawn();
+    let get = |path: &str, tp: Option<&str>| {
+        let url = format!("http://{}{path}", up.addr);
+        let proxy = p.proxy_url();
+        let header = tp.map(|t| format!("traceparent: {t}"));
+        let mut args = vec!["-x", proxy.as_str()];
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        let r = curl(&args);
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    // Sent first: unsampled caller, and no caller at all.
+    get("/rec/unsampled", Some(&format!("00-{TRACE}-{PARENT}-00")));
+    get("/rec/root", None);
+    // Then a sampled caller: once its spans arrive, the earlier requests'
+    // spans would have too (one FIFO queue, one exporter).
+    get("/rec/sampled", Some(&format!("00-{TRACE}-{PARENT}-01")));
+    rx.wait("the sampled request", |s| {
+        find(s, SpanKind::Client, "/rec/sampled").is_some()
+    });
+    let spans = rx.spans();
+    assert!(find(&spans, SpanKind::Server, "/rec/unsampled").is_none());
+    assert!(find(&spans, SpanKind::Server, "/rec/root").is_none());
+    // The unsampled trace still propagates, flagged unsampled, with a new
+    // parent id (tproxy's unrecorded span), never the caller's.
+    let tp = up.traceparent("/rec/unsampled").expect("propagated");
+    assert!(
+        tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-00"),
+        "{tp}"
+    );
+    assert!(!tp.contains(PARENT), "{tp}");
+    assert_eq!(up.traceparent("/rec/root"), None);
+    let (_, client) = find(&spans, SpanKind::Client, "/rec/sampled").unwrap();
+    assert_eq!(
+        up.traceparent("/rec/sampled"),
+        Some(format!("00-{TRACE}-{}-01", hex(&client.span_id)))
+    );
+}
