@@ -32,6 +32,9 @@ const SPAN_KIND: u32 = 6;
 const SPAN_START: u32 = 7;
 const SPAN_END: u32 = 8;
 const SPAN_ATTRIBUTES: u32 = 9;
+const SPAN_EVENTS: u32 = 11;
+const EVENT_TIME: u32 = 1;
+const EVENT_NAME: u32 = 2;
 const SPAN_STATUS: u32 = 15;
 const SPAN_FLAGS: u32 = 16;
 const STATUS_MESSAGE: u32 = 2;
@@ -262,6 +265,13 @@ fn http_spans(b: &mut Vec<u8>, scratch: &mut String, h: &HttpRecord) {
         if client_failed {
             let e = error_type(h.status.filter(|s| *s >= 400), h.error.as_deref());
             str_attr(b, A, "error.type", &e);
+        }
+        if let Some(t) = c.response_head_ns {
+            // Time to first byte, as a mark on the span's timeline.
+            pb::message(b, SPAN_EVENTS, |b| {
+                pb::fixed64(b, EVENT_TIME, t);
+                pb::bytes(b, EVENT_NAME, b"response head received");
+            });
         }
         status(b, client_failed, h.error.as_deref());
         pb::fixed32(b, SPAN_FLAGS, sampled | HAS_IS_REMOTE);

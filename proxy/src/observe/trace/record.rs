@@ -62,6 +62,8 @@ pub struct ClientPart {
     pub peer: Option<SocketAddr>,
     /// Version of the upstream's response.
     pub response_version: Option<HttpVersion>,
+    /// The response head arrived.
+    pub response_head_ns: Option<u64>,
 }
 
 /// A finished, sampled HTTP exchange.
@@ -148,6 +150,10 @@ pub fn http_record(
             start_ns: start_ns.saturating_add(nanos(setup)).min(end_ns),
             peer: flow.server_addr,
             response_version: flow.response.as_ref().map(|r| r.version),
+            response_head_ns: flow
+                .timings
+                .ttfb
+                .map(|t| start_ns.saturating_add(nanos(t)).min(end_ns)),
         }
     });
     HttpRecord {

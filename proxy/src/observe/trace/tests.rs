@@ -275,6 +275,13 @@ fn http_spans_follow_the_semantic_conventions() {
         server.status.as_ref().map_or(0, |s| s.code),
         StatusCode::Unset as i32
     );
+    assert_eq!(client.events.len(), 1);
+    assert_eq!(client.events[0].name, "response head received");
+    assert_eq!(
+        client.events[0].time_unix_nano,
+        start + 8_000_000,
+        "at the TTFB"
+    );
     let c = &client.attributes;
     assert_eq!(s(c, "network.peer.address"), "192.0.2.7");
     assert_eq!(i(c, "http.response.status_code"), 200);
