@@ -134,6 +134,22 @@ pub fn resolve(
             "OTLP protocol {p:?} is not supported: tproxy sends http/protobuf (a collector's port 4318); unset OTEL_EXPORTER_OTLP_PROTOCOL or set it to http/protobuf"
         )));
     }
+    match either(
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    )
+    .as_deref()
+    {
+        None | Some("none") => {}
+        Some("gzip") => tracing::warn!(
+            "OTEL_EXPORTER_OTLP_COMPRESSION=gzip is not supported; spans are sent uncompressed"
+        ),
+        Some(other) => {
+            return Err(SettingsError::Other(format!(
+                "OTEL_EXPORTER_OTLP_COMPRESSION={other:?}: expected none (or gzip, sent uncompressed)"
+            )));
+        }
+    }
     let sampler = Sampler::from_env_values(
         var("OTEL_TRACES_SAMPLER").as_deref(),
         var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
@@ -455,6 +471,7 @@ mod tests {
             ("OTEL_TRACES_EXPORTER", "zipkin"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
         ] {
             let mut env = vec![base, bad];
             if bad.0 == "OTEL_TRACES_SAMPLER_ARG" {
