@@ -24,7 +24,7 @@
 //! provider plus batch thread per pod would not scale), and its span API
 //! builds attribute sets on the calling thread and keeps the active span in
 //! a thread-local context, which monoio tasks would have to wrap per future.
-//! Writing the OTLP protobuf directly (a small writer, [`pb`]; the tests
+//! Writing the OTLP protobuf directly (a small writer, `pb.rs`; the tests
 //! decode it with `opentelemetry-proto`'s generated types) keeps the
 //! worker's share to a few copies and one channel send, the exporter's to
 //! about a microsecond per span, and puts the resource wherever it belongs.
