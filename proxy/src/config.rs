@@ -213,6 +213,28 @@ pub struct RunArgs {
     /// counted as `other`.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub metrics_max_hosts: usize,
+
+    /// Export OpenTelemetry traces (OTLP/HTTP, protobuf) to URL, e.g.
+    /// http://otel-collector:4318 (a URL without a path gets /v1/traces). Without this flag
+    /// the standard variables apply: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces); with none of them, no tracing. Sampling:
+    /// OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on); also
+    /// read: OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_SERVICE_NAME,
+    /// OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_EXPORT_BATCH_SIZE.
+    /// See docs/tracing.md.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Send a `traceparent` upstream for every traced request, starting a trace when the
+    /// client sent none. Default: only requests that came with a `traceparent` get one
+    /// (continuing the client's trace, with tproxy's upstream span as the parent).
+    #[arg(long)]
+    pub otlp_inject_traceparent: bool,
+
+    /// Finished flows (1-2 spans each) waiting for export. When full, new spans are dropped
+    /// and counted in tproxy_trace_spans_dropped_total: workers never wait for the exporter.
+    #[arg(long, value_name = "N", env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = crate::observe::trace::settings::DEFAULT_QUEUE)]
+    pub otlp_queue_size: usize,
 }
 
 /// Proxy mode of a listener.
@@ -322,6 +344,8 @@ pub struct Config {
     pub metrics: bool,
     /// `--metrics-max-hosts`.
     pub metrics_max_hosts: usize,
+    /// OpenTelemetry trace export; None = tracing off.
+    pub tracing: Option<crate::observe::trace::TraceSettings>,
 }
 
 /// A configuration problem, said so the user can fix it.
@@ -408,6 +432,13 @@ impl TryFrom<&RunArgs> for Config {
             pod_directory: a.pod_directory.clone(),
             metrics: a.metrics,
             metrics_max_hosts: a.metrics_max_hosts,
+            tracing: crate::observe::trace::settings::resolve(
+                a.otlp_endpoint.as_deref(),
+                a.otlp_inject_traceparent,
+                a.otlp_queue_size,
+                &|k| std::env::var(k).ok(),
+            )
+            .map_err(|e| ConfigError::Other(format!("tracing: {e}")))?,
         })
     }
 }

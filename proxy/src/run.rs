@@ -108,6 +108,15 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         None => None,
     };
 
+    let (tracer, exporter) = match &cfg.tracing {
+        Some(t) => {
+            let (tracer, exporter) =
+                crate::observe::trace::start(t, &cfg.upstream_ca, &metrics.registry)
+                    .map_err(|e| StartError::Other(format!("tracing: {e}")))?;
+            (Some(tracer), Some(exporter))
+        }
+        None => (None, None),
+    };
     let flowlog = FlowLog::stdout(FlowLogConfig {
         format: cfg.log_format,
         detail: cfg.flow_detail,
@@ -126,6 +135,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         in_flight: AtomicUsize::new(0),
         policy,
         pods,
+        tracer,
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -181,6 +191,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         );
     }
     flowlog.flush();
+    if let Some(e) = exporter {
+        e.shutdown();
+    }
     Ok(())
 }
 

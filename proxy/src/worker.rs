@@ -37,6 +37,8 @@ pub struct Shared {
     pub policy: crate::policy::LivePolicy,
     /// Client IP → pod, reloaded live (absent without --pod-directory).
     pub pods: Option<crate::poddir::LiveDirectory>,
+    /// Span export (absent when tracing is off).
+    pub tracer: Option<crate::observe::trace::Tracer>,
 }
 
 impl Shared {
