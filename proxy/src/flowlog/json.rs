@@ -117,6 +117,10 @@ struct HttpRecord<'a> {
     rule: Option<&'a str>,
     tag: Option<&'a str>,
     error: Option<&'a str>,
+    /// Trace id of the request's spans (only when tracing is on), to find
+    /// the flow in Jaeger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
     // Detail-gated: absent below the level, present (maybe null) at it.
     #[serde(skip_serializing_if = "Option::is_none")]
     request_headers: Option<Headers<'a>>,
@@ -185,6 +189,7 @@ pub(crate) fn http(out: &mut Vec<u8>, f: &HttpFlow, opts: &Opts) -> serde_json::
         rule: f.rule.as_deref(),
         tag: f.tag.as_deref(),
         error: f.error.as_deref(),
+        trace_id: f.trace.as_ref().map(|t| t.trace_id_hex()),
         request_headers: (opts.detail >= 2).then(|| headers(&f.request_headers, opts)),
         response_headers: (opts.detail >= 2).then(|| resp.map(|r| headers(&r.headers, opts))),
         request_body: (opts.detail >= 3).then(|| f.request_body.as_ref().map(Body::new)),

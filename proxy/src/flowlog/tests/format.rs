@@ -550,3 +550,18 @@ fn random_inputs_never_panic() {
         let _ = json_http(&f, detail, false);
     }
 }
+
+#[test]
+fn json_carries_the_trace_id_only_when_traced() {
+    let mut f = flow();
+    assert!(json_http(&f, 1, false).get("trace_id").is_none());
+    f.trace = Some(crate::observe::FlowTrace {
+        trace_id: [0xab; 16],
+        sampled: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        json_http(&f, 1, false)["trace_id"],
+        "abababababababababababababababab"
+    );
+}
