@@ -201,6 +201,16 @@ pub struct RunArgs {
     /// a missing file is an empty directory.
     #[arg(long, value_name = "FILE")]
     pub pod_directory: Option<PathBuf>,
+
+    /// Speak HTTP/2 where client and upstream offer it (ALPN mirrored to the
+    /// upstream; cleartext h2 with prior knowledge intercepted in transparent
+    /// mode). `--http2=false`: HTTP/1.1 only, h2c passed through.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub http2: bool,
+
+    /// Most concurrent HTTP/2 streams one client connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, value_name = "N", default_value_t = 250)]
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// Proxy mode of a listener.
@@ -306,6 +316,10 @@ pub struct Config {
     pub ca_key_kind: KeyKind,
     pub rules: Option<PathBuf>,
     pub pod_directory: Option<PathBuf>,
+    /// `--http2`.
+    pub http2: bool,
+    /// `--h2-max-concurrent-streams`.
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// A configuration problem, said so the user can fix it.
@@ -357,6 +371,11 @@ impl TryFrom<&RunArgs> for Config {
                 "--max-headers must be at least 1 and --max-header-bytes at least 1024".into(),
             ));
         }
+        if a.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::Other(
+                "--h2-max-concurrent-streams must be at least 1".into(),
+            ));
+        }
         if a.cert_cache_size == 0 {
             return Err(ConfigError::Other(
                 "--cert-cache-size must be at least 1".into(),
@@ -390,6 +409,8 @@ impl TryFrom<&RunArgs> for Config {
             ca_key_kind: a.ca_key_type.into(),
             rules: a.rules.clone(),
             pod_directory: a.pod_directory.clone(),
+            http2: a.http2,
+            h2_max_concurrent_streams: a.h2_max_concurrent_streams,
         })
     }
 }
@@ -454,6 +475,18 @@ mod tests {
         let cfg = Config::try_from(&cli.run).unwrap();
         assert!(cfg.is_ignored("EXAMPLE.com", 443));
         assert!(!cfg.is_ignored("example.com", 80));
+    }
+
+    #[test]
+    fn http2_flag_forms() {
+        let cfg = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            Config::try_from(&cli.run).unwrap()
+        };
+        assert!(cfg(&["tproxy"]).http2);
+        assert!(!cfg(&["tproxy", "--http2=false"]).http2);
+        assert!(cfg(&["tproxy", "--http2"]).http2);
+        assert_eq!(cfg(&["tproxy"]).h2_max_concurrent_streams, 250);
     }
 
     #[test]

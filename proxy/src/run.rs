@@ -60,6 +60,10 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         },
         vec![b"http/1.1".to_vec()],
     )?;
+    let upstream_alpn = crate::tls::upstream::UpstreamAlpn::new(&UpstreamTlsOptions {
+        insecure: cfg.ssl_insecure,
+        extra_roots: cfg.upstream_ca.clone(),
+    })?;
     let metrics = Metrics::new()?;
     let policy = match &cfg.rules {
         Some(path) => crate::policy::LivePolicy::watch(path)
@@ -121,6 +125,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         in_flight: AtomicUsize::new(0),
         policy,
         pods,
+        upstream_alpn,
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();

@@ -1,0 +1,293 @@
+//! One HTTP/2 stream from the client = one flow: route, rules, upstream
+//! (HTTP/2 stream or translated HTTP/1.1 exchange), response streamed back.
+
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+
+use super::body::{PumpError, pump};
+use super::client::{H2Upstream, Upstream};
+use super::server::Conn;
+use super::translate;
+use crate::engine::body::Capture;
+use crate::engine::request::{self, Route, Scope};
+use crate::engine::verdict::{self, Verdict};
+use crate::engine::{finish_error, log_conn_error, new_flow};
+use crate::flowlog::{HttpFlow, HttpVersion, ResponseSummary};
+use crate::http1::codec::{Headers, RequestHead};
+use crate::observe;
+use crate::worker::Worker;
+
+/// Serve one client stream to the end and record its flow.
+pub(super) async fn serve(
+    c: Rc<Conn>,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let worker = &*c.worker;
+    let ctx = &c.ctx;
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let (parts, body) = req.into_parts();
+    let head = translate::request_head(&parts);
+    let scope = Scope::Fixed {
+        target: c.target.clone(),
+        tls: c.tls,
+    };
+    let route = match request::route(&scope, &head) {
+        Ok(r) => r,
+        Err(msg) => {
+            send_text(&mut respond, 400, &[], error_body(&msg));
+            log_conn_error(worker, ctx, msg);
+            return;
+        }
+    };
+    let mut flow = new_flow(worker, ctx, started, &head, &route);
+    flow.request_version = HttpVersion::Http2;
+    flow.trace = observe::trace::begin(worker, ctx, head.headers.get("traceparent"));
+    let mut verdict = verdict::for_request(worker, ctx, c.tls, &route, &head.method);
+    flow.decision = verdict.decision;
+    flow.rule = verdict.rule.take();
+    flow.tag = verdict.tag.take();
+    verdict.redact_logged(&mut flow.request_headers, worker.shared.cfg.show_secrets);
+    if let Some(deny) = &verdict.deny {
+        let n = send_text(&mut respond, deny.status, &deny.headers, deny.body.clone());
+        flow.response = Some(ResponseSummary {
+            status: deny.status,
+            reason: String::new(),
+            version: HttpVersion::Http2,
+            headers: Vec::new(),
+            body: None,
+        });
+        flow.response_bytes = n;
+        flow.timings.total = t0.elapsed();
+        observe::http_done(worker, ctx, flow);
+        return;
+    }
+    if let Some((status, msg)) = &c.pre_error {
+        send_text(&mut respond, *status, &[], error_body(msg));
+        finish_error(worker, ctx, flow, t0, msg.clone());
+        return;
+    }
+    let up = match super::client::get(worker, &route.target, ctx.client).await {
+        Ok(u) => u,
+        Err(e) => {
+            send_text(&mut respond, e.status(), &[], error_body(&e.to_string()));
+            finish_error(worker, ctx, flow, t0, e.to_string());
+            return;
+        }
+    };
+    let mut x = Exchange {
+        worker,
+        route: &route,
+        verdict: &verdict,
+        flow: &mut flow,
+        t0,
+        respond,
+    };
+    match up {
+        Upstream::H2(h2) => x.via_h2(head, body, h2).await,
+        Upstream::H1(conn, timings) => {
+            x.flow.timings.connect = timings.connect;
+            x.flow.timings.tls = timings.tls;
+            super::h1_up::exchange(&mut x, head, body, *conn).await;
+        }
+    }
+    flow.timings.total = t0.elapsed();
+    observe::http_done(worker, ctx, flow);
+}
+
+/// One stream's exchange state, shared by the HTTP/2 and HTTP/1 upstream paths.
+pub(super) struct Exchange<'a> {
+    pub worker: &'a Worker,
+    pub route: &'a Route,
+    pub verdict: &'a Verdict,
+    pub flow: &'a mut HttpFlow,
+    pub t0: Instant,
+    pub respond: SendResponse<Bytes>,
+}
+
+impl Exchange<'_> {
+    /// The request head sent upstream: rule edits and traceparent applied.
+    pub fn edited(&self, mut head: RequestHead) -> RequestHead {
+        verdict::apply(&self.verdict.request_headers, &mut head.headers);
+        if let Some(tp) = self
+            .flow
+            .trace
+            .as_ref()
+            .and_then(|t| t.upstream_traceparent())
+        {
+            head.headers.set("traceparent", tp);
+        }
+        head
+    }
+
+    /// Answer the stream with a 502 naming `msg` (or reset it when the
+    /// response already started) and record the error.
+    pub fn fail(&mut self, msg: String) {
+        send_text(&mut self.respond, 502, &[], error_body(&msg));
+        self.flow.response = None;
+        self.flow.error = Some(msg);
+    }
+
+    /// The response fields sent to the client (rule edits applied).
+    pub fn response_fields(&self, headers: &Headers) -> Headers {
+        let mut h = headers.clone();
+        verdict::apply(&self.verdict.response_headers, &mut h);
+        h
+    }
+
+    /// Record the response head in the flow.
+    pub fn record_response(&mut self, head: &crate::http1::codec::ResponseHead, v: HttpVersion) {
+        let mut s = crate::engine::summary(self.worker, head);
+        s.version = v;
+        if v == HttpVersion::Http2 {
+            s.reason = String::new();
+        }
+        self.verdict
+            .redact_logged(&mut s.headers, self.worker.shared.cfg.show_secrets);
+        self.flow.response = Some(s);
+    }
+
+    async fn via_h2(&mut self, head: RequestHead, mut body: RecvStream, up: H2Upstream) {
+        let worker = self.worker;
+        self.flow.server_addr = Some(up.addr);
+        let scheme = if self.route.target.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let req = match translate::h2_request(&self.edited(head), scheme) {
+            Ok(r) => r,
+            Err(msg) => return self.fail(msg),
+        };
+        let eos = body.is_end_stream();
+        let send = match up.send.clone().ready().await {
+            Ok(s) => s,
+            Err(e) => {
+                up.retire(worker, &self.route.target);
+                return self.fail(format!("upstream HTTP/2 connection failed: {e}"));
+            }
+        };
+        let mut send = send;
+        let (resp_fut, mut up_send) = match send.send_request(req, eos) {
+            Ok(x) => x,
+            Err(e) => {
+                up.retire(worker, &self.route.target);
+                return self.fail(format!(
+                    "upstream HTTP/2 connection refused the stream: {e}"
+                ));
+            }
+        };
+        let limit = worker.shared.flowlog.body_capture_limit();
+        let req_task = (!eos).then(|| {
+            monoio::spawn(async move {
+                let mut cap = Capture::new(limit);
+                let r = pump(&mut body, &mut up_send, &mut cap).await;
+                (r, cap)
+            })
+        });
+        let resp = match resp_fut.await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                match e.reason() {
+                    Some(reason) if e.is_reset() => {
+                        self.respond.send_reset(reason);
+                        self.flow.error = Some(format!("upstream reset the stream ({reason:?})"));
+                    }
+                    _ => {
+                        if e.is_go_away() {
+                            up.retire(worker, &self.route.target);
+                        }
+                        self.fail(format!("upstream HTTP/2 stream failed: {e}"));
+                    }
+                }
+                None
+            }
+        };
+        if let Some(resp) = resp {
+            self.flow.timings.ttfb = Some(self.t0.elapsed());
+            self.respond_h2(resp).await;
+        }
+        if let Some(t) = req_task {
+            let (r, cap) = t.await;
+            match r {
+                Ok(n) => self.flow.request_bytes = n,
+                Err(e) => {
+                    if self.flow.error.is_none() {
+                        self.flow.error = Some(format!("request body: {e}"));
+                    }
+                }
+            }
+            self.flow.request_body = cap.finish();
+        }
+    }
+
+    async fn respond_h2(&mut self, resp: http::Response<RecvStream>) {
+        let (parts, mut rbody) = resp.into_parts();
+        let rhead = translate::response_head(&parts);
+        self.record_response(&rhead, HttpVersion::Http2);
+        let out = translate::h2_response(rhead.status, &self.response_fields(&rhead.headers));
+        let eos = rbody.is_end_stream();
+        let mut down = match self.respond.send_response(out, eos) {
+            Ok(s) => s,
+            Err(e) => {
+                self.flow.error = Some(format!("client stream closed before the response: {e}"));
+                return;
+            }
+        };
+        if eos {
+            return;
+        }
+        let mut cap = Capture::new(self.worker.shared.flowlog.body_capture_limit());
+        match pump(&mut rbody, &mut down, &mut cap).await {
+            Ok(n) => self.flow.response_bytes = n,
+            Err(PumpError::Src(e)) => {
+                self.flow.error = Some(format!("upstream stream failed during the response: {e}"));
+            }
+            Err(e) => {
+                self.flow.error = Some(format!("client stream failed during the response: {e}"));
+            }
+        }
+        if let Some(r) = self.flow.response.as_mut() {
+            r.body = cap.finish();
+        }
+    }
+}
+
+/// tproxy's one-line error body (the HTTP/1 engine's text).
+pub(super) fn error_body(msg: &str) -> String {
+    format!("tproxy: {msg}\n")
+}
+
+/// Answer a stream with a complete text response; returns body bytes.
+pub(super) fn send_text(
+    respond: &mut SendResponse<Bytes>,
+    status: u16,
+    headers: &[(String, String)],
+    body: String,
+) -> u64 {
+    let mut h = Headers::new();
+    let mut has_ctype = false;
+    for (k, v) in headers {
+        has_ctype |= k.eq_ignore_ascii_case("content-type");
+        h.append(k, v.as_bytes());
+    }
+    if !has_ctype {
+        h.append("content-type", "text/plain; charset=utf-8");
+    }
+    h.append("content-length", body.len().to_string());
+    let resp = translate::h2_response(status, &h);
+    let len = body.len() as u64;
+    match respond.send_response(resp, body.is_empty()) {
+        Ok(mut s) if !body.is_empty() => {
+            let _ = s.send_data(Bytes::from(body), true);
+        }
+        Ok(_) => {}
+        Err(_) => respond.send_reset(Reason::INTERNAL_ERROR),
+    }
+    len
+}

@@ -1,0 +1,290 @@
+//! HTTP/2 interception end to end with real clients (curl, h2load) and a
+//! real upstream (nginx with h2 on TLS, HTTP/1.1 only on cleartext): ALPN
+//! mirroring, h2 ↔ h2 streams, h2 client → HTTP/1.1 upstream, HTTP/1.1
+//! client → h2 upstream, multiplexing, a 100 MiB download.
+//!
+//! h2load and nghttp have no proxy support: [`Tunnel`] is a local port whose
+//! every connection is a CONNECT tunnel through the proxy.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::nginx::{Nginx, SMALL_BODY};
+use support::pki::TestPki;
+use support::proxy::{Proxy, ProxyBuilder};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn setup(extra: &[&str]) -> (TestPki, Nginx, Proxy) {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(extra)
+        .spawn();
+    (pki, ng, p)
+}
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const TS: &str = r"(\[\d{2}:\d{2}:\d{2}\.\d{3}\])?";
+
+/// curl through the proxy printing `%{http_version}` after the body.
+fn curl_version(p: &Proxy, extra: &[&str], url: &str) -> String {
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-x", &p.proxy_url()])
+            .args(["--cacert", s(&p.ca_cert()), "-w", "|%{http_version}"])
+            .args(extra)
+            .arg(url),
+        Duration::from_secs(40),
+    )
+}
+
+#[test]
+fn curl_http2_is_h2_on_both_sides() {
+    let (_pki, ng, p) = setup(&[]);
+    let url = format!("{}/small.txt", ng.https_base());
+    let out = curl_version(&p, &["--http2"], &url);
+    assert_eq!(out, format!("{SMALL_BODY}|2"), "{}", p.dump());
+    let line = format!(
+        r"^{TS}127\.0\.0\.1:\d+: GET {} HTTP/2\.0$",
+        regex::escape(&url)
+    );
+    assert!(p.wait_for_stdout(&line, T).is_some(), "{}", p.dump());
+    // The response line names HTTP/2.0 too (mitmdump style).
+    assert!(
+        p.wait_for_stdout(r"<< HTTP/2\.0 200 OK", T).is_some(),
+        "{}",
+        p.dump()
+    );
+    assert!(ng.wait_access_log("\"GET /small.txt HTTP/2.0\" 200", T));
+}
+
+#[test]
+fn json_log_carries_each_sides_protocol() {
+    let (_pki, ng, p) = setup(&["--log-format", "json", "--workers", "1"]);
+    let url = format!("{}/small.txt", ng.https_base());
+    assert_eq!(
+        curl_version(&p, &["--http2"], &url),
+        format!("{SMALL_BODY}|2")
+    );
+    // An HTTP/1.1 client on the same worker rides the HTTP/2 upstream connection.
+    assert_eq!(
+        curl_version(&p, &["--http1.1"], &url),
+        format!("{SMALL_BODY}|1.1")
+    );
+    let flows = wait_until(T, || {
+        let v: Vec<serde_json::Value> = p
+            .flow_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["type"] == "http" && v["url"] == url.as_str())
+            .collect();
+        (v.len() >= 2).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("two JSON flows for {url}\n{}", p.dump()));
+    assert_eq!(flows[0]["request_http_version"], "HTTP/2.0", "{}", flows[0]);
+    assert_eq!(
+        flows[0]["response_http_version"], "HTTP/2.0",
+        "{}",
+        flows[0]
+    );
+    assert_eq!(flows[0]["status"], 200);
+    assert_eq!(flows[1]["request_http_version"], "HTTP/1.1", "{}", flows[1]);
+    assert_eq!(
+        flows[1]["response_http_version"], "HTTP/2.0",
+        "{}",
+        flows[1]
+    );
+    assert_eq!(flows[1]["status"], 200);
+    let log = ng.access_log();
+    assert_eq!(
+        log.matches("\"GET /small.txt HTTP/2.0\" 200").count(),
+        2,
+        "{log}"
+    );
+}
+
+#[test]
+fn http2_off_keeps_http11() {
+    let (_pki, ng, p) = setup(&["--http2=false"]);
+    let url = format!("{}/small.txt", ng.https_base());
+    assert_eq!(
+        curl_version(&p, &["--http2"], &url),
+        format!("{SMALL_BODY}|1.1")
+    );
+    assert!(ng.wait_access_log("\"GET /small.txt HTTP/1.1\" 200", T));
+}
+
+#[test]
+fn h2_prior_knowledge_client_to_http11_only_upstream() {
+    let (_pki, ng, p) = setup(&[]);
+    // Through a CONNECT tunnel (-p) curl speaks h2c with prior knowledge; the
+    // upstream's cleartext port speaks HTTP/1.1 only.
+    let url = format!("{}/small.txt", ng.http_base());
+    let out = curl_version(&p, &["-p", "--http2-prior-knowledge"], &url);
+    assert_eq!(out, format!("{SMALL_BODY}|2"), "{}", p.dump());
+    // POST with a body of unknown length goes out chunked.
+    let posted = run_ok(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-x", &p.proxy_url(), "-p"])
+            .args([
+                "--http2-prior-knowledge",
+                "--data-binary",
+                "@-",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["-w", "%{http_code}"])
+            .arg(format!("{}/small.txt", ng.http_base())),
+        Duration::from_secs(40),
+    );
+    // nginx answers POST to a static file with 405: it parsed the request.
+    assert_eq!(posted, "405", "{}", p.dump());
+    let line = format!(r"GET {} HTTP/2\.0$", regex::escape(&url));
+    assert!(p.wait_for_stdout(&line, T).is_some(), "{}", p.dump());
+    assert!(
+        p.wait_for_stdout(r"<< HTTP/1\.1 200 OK", T).is_some(),
+        "{}",
+        p.dump()
+    );
+    assert!(ng.wait_access_log("\"GET /small.txt HTTP/1.1\" 200", T));
+}
+
+#[test]
+fn download_100_mib_over_h2_is_byte_exact() {
+    let (_pki, ng, p) = setup(&[]);
+    let (_, want) = big_file();
+    let url = format!("{}/big.bin", ng.https_base());
+    let body = tempfile::NamedTempFile::new().unwrap();
+    let out = run_ok(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "120", "--http2", "-x", &p.proxy_url()])
+            .args(["--cacert", s(&p.ca_cert()), "-w", "%{http_version}", "-o"])
+            .arg(body.path())
+            .arg(&url),
+        Duration::from_secs(150),
+    );
+    assert_eq!(out, "2");
+    let (got, len) = sha256_reader(std::fs::File::open(body.path()).unwrap()).unwrap();
+    assert_eq!(len, BIG_LEN);
+    assert_eq!(&got, want);
+}
+
+/// A local port whose every connection is a CONNECT tunnel to `target`
+/// through the proxy (for clients without proxy support). Stops on drop.
+struct Tunnel {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Tunnel {
+    fn new(proxy: SocketAddr, target: String) -> Tunnel {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        let target = target.clone();
+                        std::thread::spawn(move || tunnel_one(c, proxy, &target));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Tunnel { addr, stop }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn tunnel_one(client: TcpStream, proxy: SocketAddr, target: &str) {
+    let Ok(mut up) = TcpStream::connect(proxy) else {
+        return;
+    };
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    if up.write_all(req.as_bytes()).is_err() {
+        return;
+    }
+    // Read the proxy's answer head byte by byte (nothing past it is consumed).
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        match up.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return,
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        return;
+    }
+    let (mut c2, mut u2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut c, mut u) = (client, up);
+    let _ = std::io::copy(&mut u, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+}
+
+#[test]
+fn hundred_concurrent_streams_on_one_connection() {
+    let (_pki, ng, p) = setup(&[]);
+    let tunnel = Tunnel::new(p.addr("regular"), format!("localhost:{}", ng.https_port));
+    let url = format!("https://localhost:{}/small.txt", tunnel.addr.port());
+    let out = run_ok(
+        Command::new("h2load").args(["-n", "100", "-c", "1", "-m", "100", &url]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.contains("100 total, 100 started, 100 done, 100 succeeded"),
+        "{out}\n{}",
+        p.dump()
+    );
+    // The URL names the client's :authority (the tunnel's port).
+    let re = format!(r"GET {} HTTP/2\.0$", regex::escape(&url));
+    let lines = p.wait_for_stdout_n(&re, 100, T);
+    assert_eq!(lines.len(), 100, "{}", p.dump());
+    let log = ng.access_log();
+    assert_eq!(log.matches("\"GET /small.txt HTTP/2.0\" 200").count(), 100);
+}
+
+#[test]
+fn nghttp_h2c_through_tunnel_to_http11_upstream() {
+    let (_pki, ng, p) = setup(&[]);
+    let tunnel = Tunnel::new(p.addr("regular"), format!("127.0.0.1:{}", ng.http_port));
+    let url = format!("http://127.0.0.1:{}/small.txt", tunnel.addr.port());
+    let out = run_ok(
+        Command::new("nghttp").args(["--no-dep", "-m", "20", &url]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out, SMALL_BODY.repeat(20), "{}", p.dump());
+    let log = ng.access_log();
+    assert_eq!(
+        log.matches("\"GET /small.txt HTTP/1.1\" 200").count(),
+        20,
+        "{log}"
+    );
+}
