@@ -288,3 +288,128 @@ fn nghttp_h2c_through_tunnel_to_http11_upstream() {
         "{log}"
     );
 }
+
+/// An HTTP/2-only TLS upstream (Python `h2`): `/reset…` streams are reset
+/// with ENHANCE_YOUR_CALM, other paths answer 200 with the path as body.
+const H2_RESET_SERVER: &str = r#""""HTTP/2-only TLS upstream: /reset/* streams are reset with
+ENHANCE_YOUR_CALM, other paths get 200 with their path as the body."""
+import asyncio, ssl, sys
+import h2.config, h2.connection, h2.errors, h2.events
+
+async def handle(reader, writer):
+    conn = h2.connection.H2Connection(
+        config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                path = dict(ev.headers)[":path"]
+                if path.startswith("/reset"):
+                    conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                else:
+                    body = path.encode() + b"\n"
+                    conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+                    conn.send_data(ev.stream_id, body, end_stream=True)
+            elif isinstance(ev, h2.events.DataReceived):
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        writer.write(conn.data_to_send())
+        await writer.drain()
+    writer.close()
+
+async def main():
+    cert, key = sys.argv[1], sys.argv[2]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2"])
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await srv.serve_forever()
+
+asyncio.run(main())
+"#;
+
+/// The Python upstream above; killed on drop.
+struct PyH2 {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PyH2 {
+    fn start(pki: &TestPki) -> PyH2 {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("h2reset.py");
+        std::fs::write(&script, H2_RESET_SERVER).unwrap();
+        let mut child = Command::new(venv_python())
+            .arg(&script)
+            .arg(pki.server_cert())
+            .arg(pki.server_key())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("python h2 upstream did not start: {line:?}")
+        });
+        PyH2 {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PyH2 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn upstream_reset_reaches_the_client_and_siblings_finish() {
+    let pki = TestPki::new();
+    let up = PyH2::start(&pki);
+    let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
+    let tunnel = Tunnel::new(p.addr("regular"), format!("localhost:{}", up.port));
+    let base = format!("https://localhost:{}", tunnel.addr.port());
+    let out = run_bounded(
+        Command::new("nghttp").args([
+            "-v",
+            "--no-dep",
+            &format!("{base}/a"),
+            &format!("{base}/reset/x"),
+            &format!("{base}/b"),
+        ]),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("recv RST_STREAM") && text.contains("ENHANCE_YOUR_CALM"),
+        "{text}\n{}",
+        p.dump()
+    );
+    for body in ["/a\n", "/b\n"] {
+        assert!(text.contains(body), "sibling {body:?} missing: {text}");
+    }
+    assert!(
+        p.wait_for_stdout(r"error: upstream reset the stream \(ENHANCE_YOUR_CALM\)", T)
+            .is_some(),
+        "{}",
+        p.dump()
+    );
+}
