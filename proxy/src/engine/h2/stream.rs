@@ -1,7 +1,10 @@
 //! One HTTP/2 stream from the client = one flow: route, rules, upstream
 //! (HTTP/2 stream or translated HTTP/1.1 exchange), response streamed back.
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -72,14 +75,6 @@ pub(super) async fn serve(
         finish_error(worker, ctx, flow, t0, msg.clone());
         return;
     }
-    let up = match super::client::get(worker, &route.target, ctx.client).await {
-        Ok(u) => u,
-        Err(e) => {
-            send_text(&mut respond, e.status(), &[], error_body(&e.to_string()));
-            finish_error(worker, ctx, flow, t0, e.to_string());
-            return;
-        }
-    };
     let mut x = Exchange {
         worker,
         route: &route,
@@ -88,16 +83,48 @@ pub(super) async fn serve(
         t0,
         respond,
     };
-    match up {
-        Upstream::H2(h2) => x.via_h2(head, body, h2).await,
-        Upstream::H1(conn, timings) => {
-            x.flow.timings.connect = timings.connect;
-            x.flow.timings.tls = timings.tls;
-            super::h1_up::exchange(&mut x, head, body, *conn).await;
+    // A connection found going away (GOAWAY) gets one retry on a new one.
+    for attempt in 0..2 {
+        let up = match super::client::get(worker, &route.target, ctx.client).await {
+            Ok(u) => u,
+            Err(e) => {
+                let msg = e.to_string();
+                send_text(&mut x.respond, e.status(), &[], error_body(&msg));
+                x.flow.error = Some(msg);
+                break;
+            }
+        };
+        match up {
+            Upstream::H2(h2) => match x.open_h2(&head, body.is_end_stream(), &h2).await {
+                Ok(opened) => {
+                    x.via_h2(opened, body).await;
+                    break;
+                }
+                Err(msg) if attempt == 0 => {
+                    tracing::debug!(error = %msg, "upstream HTTP/2 connection unusable; retrying on a new one");
+                }
+                Err(msg) => {
+                    x.fail(msg);
+                    break;
+                }
+            },
+            Upstream::H1(conn, timings) => {
+                x.flow.timings.connect = timings.connect;
+                x.flow.timings.tls = timings.tls;
+                super::h1_up::exchange(&mut x, head, body, *conn).await;
+                break;
+            }
         }
     }
     flow.timings.total = t0.elapsed();
     observe::http_done(worker, ctx, flow);
+}
+
+/// An upstream stream whose request head is sent.
+pub(super) struct Opened {
+    response: h2::client::ResponseFuture,
+    send: h2::SendStream<Bytes>,
+    up: H2Upstream,
 }
 
 /// One stream's exchange state, shared by the HTTP/2 and HTTP/1 upstream paths.
@@ -152,46 +179,82 @@ impl Exchange<'_> {
         self.flow.response = Some(s);
     }
 
-    async fn via_h2(&mut self, head: RequestHead, mut body: RecvStream, up: H2Upstream) {
-        let worker = self.worker;
+    /// Open the upstream stream (request head sent). Err: the connection
+    /// cannot take it (closed, going away); it was retired.
+    async fn open_h2(
+        &mut self,
+        head: &RequestHead,
+        eos: bool,
+        up: &H2Upstream,
+    ) -> Result<Opened, String> {
         self.flow.server_addr = Some(up.addr);
         let scheme = if self.route.target.tls.is_some() {
             "https"
         } else {
             "http"
         };
-        let req = match translate::h2_request(&self.edited(head), scheme) {
-            Ok(r) => r,
-            Err(msg) => return self.fail(msg),
+        let req = translate::h2_request(&self.edited(head.clone()), scheme)?;
+        let started = match up.send.clone().ready().await {
+            Ok(mut s) => s.send_request(req, eos),
+            Err(e) => Err(e),
         };
+        match started {
+            Ok((response, send)) => Ok(Opened {
+                response,
+                send,
+                up: up.clone(),
+            }),
+            Err(e) => {
+                up.retire(self.worker, &self.route.target);
+                Err(format!("upstream HTTP/2 connection failed: {e}"))
+            }
+        }
+    }
+
+    async fn via_h2(&mut self, opened: Opened, mut body: RecvStream) {
+        let worker = self.worker;
+        let Opened {
+            response: resp_fut,
+            send: mut up_send,
+            up,
+        } = opened;
         let eos = body.is_end_stream();
-        let send = match up.send.clone().ready().await {
-            Ok(s) => s,
-            Err(e) => {
-                up.retire(worker, &self.route.target);
-                return self.fail(format!("upstream HTTP/2 connection failed: {e}"));
-            }
-        };
-        let mut send = send;
-        let (resp_fut, mut up_send) = match send.send_request(req, eos) {
-            Ok(x) => x,
-            Err(e) => {
-                up.retire(worker, &self.route.target);
-                return self.fail(format!(
-                    "upstream HTTP/2 connection refused the stream: {e}"
-                ));
-            }
-        };
         let limit = worker.shared.flowlog.body_capture_limit();
-        let req_task = (!eos).then(|| {
-            monoio::spawn(async move {
+        let mut req_task = None;
+        let mut idle_send = None;
+        if eos {
+            idle_send = Some(up_send);
+        } else {
+            req_task = Some(monoio::spawn(async move {
                 let mut cap = Capture::new(limit);
                 let r = pump(&mut body, &mut up_send, &mut cap).await;
                 (r, cap)
-            })
-        });
-        let resp = match resp_fut.await {
+            }));
+        }
+        // Wait for the response head, or for the client to reset its stream
+        // (then the upstream stream is reset with the same reason).
+        let mut resp_fut = resp_fut;
+        let respond = &mut self.respond;
+        let waited = poll_fn(|cx| {
+            if let Poll::Ready(Ok(reason)) = respond.poll_reset(cx) {
+                return Poll::Ready(Err(reason));
+            }
+            Pin::new(&mut resp_fut).poll(cx).map(Ok)
+        })
+        .await;
+        let waited = match waited {
+            Ok(r) => r,
+            Err(reason) => {
+                if let Some(s) = idle_send.as_mut() {
+                    s.send_reset(reason);
+                }
+                self.flow.error = Some(format!("client reset the stream ({reason:?})"));
+                Err(h2::Error::from(reason))
+            }
+        };
+        let resp = match waited {
             Ok(r) => Some(r),
+            Err(_) if self.flow.error.is_some() => None,
             Err(e) => {
                 match e.reason() {
                     Some(reason) if e.is_reset() => {
