@@ -413,3 +413,31 @@ fn upstream_reset_reaches_the_client_and_siblings_finish() {
         p.dump()
     );
 }
+
+#[test]
+fn http11_client_to_h2_only_upstream_is_translated() {
+    let pki = TestPki::new();
+    let up = PyH2::start(&pki);
+    let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
+    let url = format!("https://localhost:{}/hello?x=1", up.port);
+    // The upstream selects no ALPN when offered http/1.1 and h2 when offered
+    // h2: the client keeps HTTP/1.1, the upstream gets HTTP/2.
+    let out = curl_version(&p, &["--http1.1"], &url);
+    assert_eq!(out, "/hello?x=1\n|1.1", "{}", p.dump());
+    let out = curl_version(&p, &["--http1.1", "--data-binary", "payload"], &url);
+    assert_eq!(out, "/hello?x=1\n|1.1", "{}", p.dump());
+    let line = format!(r"POST {} HTTP/1\.1$", regex::escape(&url));
+    assert!(p.wait_for_stdout(&line, T).is_some(), "{}", p.dump());
+    assert!(
+        p.wait_for_stdout(r"<< HTTP/2\.0 200 OK 11b", T).is_some(),
+        "{}",
+        p.dump()
+    );
+    // An h2 client to the same upstream: h2 on both sides.
+    assert_eq!(
+        curl_version(&p, &["--http2"], &url),
+        "/hello?x=1\n|2",
+        "{}",
+        p.dump()
+    );
+}
