@@ -441,3 +441,49 @@ fn http11_client_to_h2_only_upstream_is_translated() {
         p.dump()
     );
 }
+
+/// A raw HTTP/1.1 server answering every request with a chunked body and a
+/// trailer section (threads; runs until the test process ends).
+fn chunked_trailer_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(50) {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    match c.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                      5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trail: yes\r\ngrpc-status: 0\r\n\r\n",
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn chunked_trailers_from_http11_upstream_become_h2_trailers() {
+    let up = chunked_trailer_server();
+    let p = ProxyBuilder::new().spawn();
+    let tunnel = Tunnel::new(p.addr("regular"), up.to_string());
+    let url = format!("http://127.0.0.1:{}/t", tunnel.addr.port());
+    let out = run_bounded(
+        Command::new("nghttp").args(["-v", &url]),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hello world"), "{text}\n{}", p.dump());
+    assert!(
+        text.contains("x-trail: yes") && text.contains("grpc-status: 0"),
+        "{text}\n{}",
+        p.dump()
+    );
+}

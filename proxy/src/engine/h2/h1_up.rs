@@ -182,19 +182,28 @@ async fn run(
         return reusable(&resp, resp_kind, &ubuf);
     }
     let mut resp_cap = Capture::new(limit);
-    let res = body::relay(
-        &mut conn.io,
-        &mut ubuf,
-        &mut H2Writer { send: &mut down },
-        resp_kind,
-        true,
-        &mut resp_cap,
-    )
-    .await;
+    let res = if resp_kind == BodyKind::Chunked {
+        chunked_to_h2(&mut conn.io, &mut ubuf, &mut down, &mut resp_cap).await
+    } else {
+        let mut w = H2Writer { send: &mut down };
+        body::relay(
+            &mut conn.io,
+            &mut ubuf,
+            &mut w,
+            resp_kind,
+            true,
+            &mut resp_cap,
+        )
+        .await
+        .map(|n| (n, None))
+    };
     match res {
-        Ok(n) => {
+        Ok((n, trailers)) => {
             x.flow.response_bytes = n;
-            let _ = down.send_data(Bytes::new(), true);
+            let _ = match trailers {
+                Some(t) => down.send_trailers(t),
+                None => down.send_data(Bytes::new(), true),
+            };
         }
         Err(BodyError::Write(e)) => {
             x.flow.error = Some(format!("client stream closed during the response: {e}"));
@@ -252,4 +261,57 @@ async fn send_chunked(
         .await
         .map_err(BodyError::Write)?;
     Ok(n)
+}
+
+/// Relay a chunked HTTP/1 response body as DATA frames; returns the payload
+/// size and the trailer fields (for HTTP/2 trailers).
+async fn chunked_to_h2(
+    io: &mut crate::net::stream::UpstreamIo,
+    pending: &mut Vec<u8>,
+    down: &mut h2::SendStream<Bytes>,
+    cap: &mut Capture,
+) -> Result<(u64, Option<http::HeaderMap>), BodyError> {
+    let mut dec = codec::ChunkedDecoder::new();
+    // Raw bytes since the last payload byte: at the end, the last-chunk line
+    // and the trailer section.
+    let mut tail = Vec::new();
+    let mut n = 0u64;
+    loop {
+        if !pending.is_empty() {
+            let base = pending.as_ptr() as usize;
+            let mut payload = Vec::new();
+            let mut last_end = None;
+            let progress = dec
+                .decode(pending, &mut |d: &[u8]| {
+                    payload.extend_from_slice(d);
+                    last_end = Some(d.as_ptr() as usize - base + d.len());
+                })
+                .map_err(BodyError::Framing)?;
+            match last_end {
+                Some(e) => {
+                    tail.clear();
+                    tail.extend_from_slice(&pending[e..progress.consumed]);
+                }
+                None => tail.extend_from_slice(&pending[..progress.consumed]),
+            }
+            pending.drain(..progress.consumed);
+            if !payload.is_empty() {
+                cap.push(&payload);
+                n += payload.len() as u64;
+                super::body::send_all(down, Bytes::from(payload))
+                    .await
+                    .map_err(|e| BodyError::Write(std::io::Error::other(e)))?;
+            }
+            if progress.done {
+                return Ok((n, translate::trailers_from_chunked_end(&tail)));
+            }
+        }
+        pending.reserve(64 * 1024);
+        let got = tokio::io::AsyncReadExt::read_buf(io, pending)
+            .await
+            .map_err(BodyError::Read)?;
+        if got == 0 {
+            return Err(BodyError::Eof);
+        }
+    }
 }
