@@ -487,3 +487,59 @@ fn chunked_trailers_from_http11_upstream_become_h2_trailers() {
         p.dump()
     );
 }
+
+#[test]
+fn rules_decide_each_h2_stream() {
+    const RULES: &str = r#"
+rules:
+  - name: small-file
+    match:
+      path_prefix: /small.txt
+    action: allow
+default:
+  action: deny
+  deny:
+    status: 418
+    body: Access Denied by Administrator
+"#;
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, RULES).unwrap();
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--rules", s(&rules)])
+        .spawn();
+    // Two streams on one HTTP/2 connection: one allowed, one denied.
+    let allowed = format!("{}/small.txt", ng.https_base());
+    let denied = format!("{}/index.html", ng.https_base());
+    let out = run_ok(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--http2", "-x", &p.proxy_url()])
+            .args([
+                "--cacert",
+                s(&p.ca_cert()),
+                "-w",
+                "|%{http_code}|%{http_version}\n",
+            ])
+            .args([&allowed, &denied]),
+        Duration::from_secs(40),
+    );
+    assert_eq!(
+        out,
+        format!("{SMALL_BODY}|200|2\nAccess Denied by Administrator|418|2\n"),
+        "{}",
+        p.dump()
+    );
+    assert!(
+        p.wait_for_stdout(
+            r"<< HTTP/2\.0 418 I'm a teapot 30b \[deny rule default\]",
+            T
+        )
+        .is_some(),
+        "{}",
+        p.dump()
+    );
+    assert!(!ng.access_log().contains("/index.html"));
+}
