@@ -3,7 +3,7 @@
 
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -12,6 +12,9 @@ use crate::engine::{ConnCtx, Preconnected, log_conn_error, log_server_connect};
 use crate::tls::upstream::ALPN_H2;
 use crate::upstream::Target;
 use crate::worker::Worker;
+
+/// How long a client may take to close after our GOAWAY once idle.
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 
 /// What every stream of one client connection shares.
 pub(super) struct Conn {
@@ -86,7 +89,8 @@ pub async fn serve<T>(
         tls,
         pre_error,
     });
-    let mut going_away = false;
+    let mut going_away: Option<Instant> = None;
+    let mut idle_since = Instant::now();
     loop {
         let next = monoio::select! {
             r = conn.accept() => Some(r),
@@ -94,9 +98,19 @@ pub async fn serve<T>(
         };
         match next {
             None => {
-                if shared.shutting_down() && !going_away {
+                if conn.has_streams() {
+                    idle_since = Instant::now();
+                }
+                // Shutdown, or no stream for --idle-timeout: graceful GOAWAY.
+                let idle = idle_since.elapsed() >= shared.cfg.idle_timeout;
+                if (shared.shutting_down() || idle) && going_away.is_none() {
                     conn.graceful_shutdown();
-                    going_away = true;
+                    going_away = Some(Instant::now());
+                }
+                // A client that does not complete the GOAWAY exchange (PING
+                // ack) is dropped once it has no streams left.
+                if going_away.is_some_and(|t| t.elapsed() >= GOAWAY_GRACE) && !conn.has_streams() {
+                    return;
                 }
             }
             Some(None) => break,
@@ -107,6 +121,7 @@ pub async fn serve<T>(
                 break;
             }
             Some(Some(Ok((req, respond)))) => {
+                idle_since = Instant::now();
                 monoio::spawn(super::stream::serve(state.clone(), req, respond));
             }
         }
