@@ -543,3 +543,60 @@ default:
     );
     assert!(!ng.access_log().contains("/index.html"));
 }
+
+#[test]
+fn transparent_mode_h2_and_h2c_clients() {
+    if !require_root("transparent_mode_h2_and_h2c_clients") {
+        return;
+    }
+    use support::netns::{Topology, UPSTREAM_IP};
+    const PROXY_PORT: u16 = 15002;
+    let topo = Topology::new("h2t");
+    let pki = TestPki::new();
+    let ng = Nginx::start_in_ns(&pki, &topo.upstream, UPSTREAM_IP, 80, 443);
+    let p = ProxyBuilder::new()
+        .netns(&topo.node)
+        .mode(&format!("transparent@0.0.0.0:{PROXY_PORT}"))
+        .upstream_ca(&pki.ca_pem())
+        .spawn();
+    topo.redirect_to(PROXY_PORT);
+    let ca = p.ca_cert();
+    let c = Some(topo.client.as_str());
+    let resolve = format!("upstream.test:443:{UPSTREAM_IP}");
+    let https = "https://upstream.test/small.txt";
+    let r = curl_in(
+        c,
+        &["--http2", "--resolve", &resolve, "--cacert", s(&ca), https],
+    );
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
+    let line = format!(r"GET {} HTTP/2\.0$", regex::escape(https));
+    assert!(p.wait_for_stdout(&line, T).is_some(), "{}", p.dump());
+    assert!(ng.wait_access_log("\"GET /small.txt HTTP/2.0\" 200", T));
+    // nghttp in the client namespace: several streams on one connection.
+    let out = run_ok(
+        topo.exec(&topo.client, "nghttp").args([
+            "--no-dep",
+            "-m",
+            "10",
+            &format!("https://{UPSTREAM_IP}/small.txt"),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out, SMALL_BODY.repeat(10), "{}", p.dump());
+    // Cleartext h2 with prior knowledge to an HTTP/1.1-only port.
+    let http = format!("http://{UPSTREAM_IP}/small.txt");
+    let r = curl_in(c, &["--http2-prior-knowledge", &http]);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, SMALL_BODY),
+        "{r:?}\n{}",
+        p.dump()
+    );
+    let line = format!(r"GET {} HTTP/2\.0$", regex::escape(&http));
+    assert!(p.wait_for_stdout(&line, T).is_some(), "{}", p.dump());
+}
