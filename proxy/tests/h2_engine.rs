@@ -290,7 +290,9 @@ fn nghttp_h2c_through_tunnel_to_http11_upstream() {
 }
 
 /// An HTTP/2-only TLS upstream (Python `h2`): `/reset…` streams are reset
-/// with ENHANCE_YOUR_CALM, other paths answer 200 with the path as body.
+/// with ENHANCE_YOUR_CALM, `/hang…` get no answer, other paths answer 200
+/// with the path as body. Streams the client resets are printed
+/// (`reset PATH CODE`).
 const H2_RESET_SERVER: &str = r#""""HTTP/2-only TLS upstream: /reset/* streams are reset with
 ENHANCE_YOUR_CALM, other paths get 200 with their path as the body."""
 import asyncio, ssl, sys
@@ -301,6 +303,7 @@ async def handle(reader, writer):
         config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
     conn.initiate_connection()
     writer.write(conn.data_to_send())
+    paths = {}
     while True:
         data = await reader.read(65536)
         if not data:
@@ -308,12 +311,17 @@ async def handle(reader, writer):
         for ev in conn.receive_data(data):
             if isinstance(ev, h2.events.RequestReceived):
                 path = dict(ev.headers)[":path"]
-                if path.startswith("/reset"):
+                paths[ev.stream_id] = path
+                if path.startswith("/hang"):
+                    pass
+                elif path.startswith("/reset"):
                     conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
                 else:
                     body = path.encode() + b"\n"
                     conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
                     conn.send_data(ev.stream_id, body, end_stream=True)
+            elif isinstance(ev, h2.events.StreamReset):
+                print("reset", paths.get(ev.stream_id), int(ev.error_code), flush=True)
             elif isinstance(ev, h2.events.DataReceived):
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         writer.write(conn.data_to_send())
@@ -336,6 +344,8 @@ asyncio.run(main())
 struct PyH2 {
     child: std::process::Child,
     port: u16,
+    /// stdout lines after the port.
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -355,10 +365,16 @@ impl PyH2 {
             .unwrap();
         let out = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let later = lines.clone();
         std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(out);
             let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+            let _ = std::io::BufRead::read_line(&mut r, &mut line);
             let _ = tx.send(line);
+            for l in std::io::BufRead::lines(r).map_while(Result::ok) {
+                later.lock().unwrap().push(l);
+            }
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let port = line.trim().parse().unwrap_or_else(|_| {
@@ -368,6 +384,7 @@ impl PyH2 {
         PyH2 {
             child,
             port,
+            lines,
             _dir: dir,
         }
     }
@@ -599,4 +616,66 @@ fn transparent_mode_h2_and_h2c_clients() {
     );
     let line = format!(r"GET {} HTTP/2\.0$", regex::escape(&http));
     assert!(p.wait_for_stdout(&line, T).is_some(), "{}", p.dump());
+}
+
+/// An h2 client through a CONNECT tunnel that opens `/hang`, then resets the
+/// stream with HTTP_1_1_REQUIRED (0xd) before any answer.
+const RESETTING_CLIENT: &str = r#"
+import socket, ssl, sys, time
+import h2.connection
+proxy_port, target = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", proxy_port))
+s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+head = b""
+while not head.endswith(b"\r\n\r\n"):
+    head += s.recv(1)
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+t = ctx.wrap_socket(s, server_hostname=target.split(":")[0])
+c = h2.connection.H2Connection()
+c.initiate_connection()
+c.send_headers(1, [(":method", "GET"), (":path", "/hang"), (":scheme", "https"),
+                   (":authority", target)], end_stream=True)
+t.sendall(c.data_to_send())
+time.sleep(0.5)
+c.reset_stream(1, error_code=0xd)
+t.sendall(c.data_to_send())
+time.sleep(1)
+print("sent reset", flush=True)
+"#;
+
+#[test]
+fn client_reset_reaches_the_upstream_with_its_reason() {
+    let pki = TestPki::new();
+    let up = PyH2::start(&pki);
+    let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("client.py");
+    std::fs::write(&script, RESETTING_CLIENT).unwrap();
+    let port = p.addr("regular").port().to_string();
+    let target = format!("localhost:{}", up.port);
+    let out = run_ok(
+        Command::new(venv_python())
+            .arg(&script)
+            .args([&port, &target]),
+        Duration::from_secs(30),
+    );
+    assert!(out.contains("sent reset"), "{out}");
+    let seen = wait_until(T, || {
+        up.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.starts_with("reset /hang"))
+            .cloned()
+    });
+    assert_eq!(seen.as_deref(), Some("reset /hang 13"), "{}", p.dump());
+    assert!(
+        p.wait_for_stdout(r"error: client reset the stream \(HTTP_1_1_REQUIRED\)", T)
+            .is_some(),
+        "{}",
+        p.dump()
+    );
 }
