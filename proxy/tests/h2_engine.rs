@@ -290,7 +290,8 @@ fn nghttp_h2c_through_tunnel_to_http11_upstream() {
 }
 
 /// An HTTP/2-only TLS upstream (Python `h2`): `/reset…` streams are reset
-/// with ENHANCE_YOUR_CALM, `/hang…` get no answer, other paths answer 200
+/// with ENHANCE_YOUR_CALM, `/hang…` get no answer, `/goaway` is answered
+/// and followed by GOAWAY (socket left open), other paths answer 200
 /// with the path as body. Streams the client resets are printed
 /// (`reset PATH CODE`).
 const H2_RESET_SERVER: &str = r#""""HTTP/2-only TLS upstream: /reset/* streams are reset with
@@ -314,6 +315,12 @@ async def handle(reader, writer):
                 paths[ev.stream_id] = path
                 if path.startswith("/hang"):
                     pass
+                elif path.startswith("/goaway"):
+                    # Answer, then refuse further streams (the socket stays open).
+                    body = b"bye\n"
+                    conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "4")])
+                    conn.send_data(ev.stream_id, body, end_stream=True)
+                    conn.close_connection(last_stream_id=ev.stream_id)
                 elif path.startswith("/reset"):
                     conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
                 else:
@@ -678,4 +685,28 @@ fn client_reset_reaches_the_upstream_with_its_reason() {
         "{}",
         p.dump()
     );
+}
+
+#[test]
+fn upstream_goaway_moves_new_streams_to_a_new_connection() {
+    let pki = TestPki::new();
+    let up = PyH2::start(&pki);
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--workers", "1"])
+        .spawn();
+    let base = format!("https://localhost:{}", up.port);
+    let out = curl_version(&p, &["--http2"], &format!("{base}/goaway"));
+    assert_eq!(out, "bye\n|2", "{}", p.dump());
+    // The worker's connection is going away: the next client's stream must
+    // reach the upstream over a new one.
+    let out = curl_version(&p, &["--http2"], &format!("{base}/after"));
+    assert_eq!(out, "/after\n|2", "{}", p.dump());
+    assert!(
+        p.wait_for_stdout(r"GET .*/after HTTP/2\.0$", T).is_some(),
+        "{}",
+        p.dump()
+    );
+    let connects = p.wait_for_stdout_n("server connect", 2, T);
+    assert_eq!(connects.len(), 2, "{}", p.dump());
 }
