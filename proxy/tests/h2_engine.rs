@@ -7,15 +7,13 @@
 //! every connection is a CONNECT tunnel through the proxy.
 #![allow(clippy::unwrap_used)]
 
+mod h2_support;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use h2_support::{PyH2, Tunnel, chunked_trailer_server};
 use support::nginx::{Nginx, SMALL_BODY};
 use support::pki::TestPki;
 use support::proxy::{Proxy, ProxyBuilder};
@@ -182,73 +180,6 @@ fn download_100_mib_over_h2_is_byte_exact() {
     assert_eq!(&got, want);
 }
 
-/// A local port whose every connection is a CONNECT tunnel to `target`
-/// through the proxy (for clients without proxy support). Stops on drop.
-struct Tunnel {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Tunnel {
-    fn new(proxy: SocketAddr, target: String) -> Tunnel {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        l.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        c.set_nonblocking(false).unwrap();
-                        let target = target.clone();
-                        std::thread::spawn(move || tunnel_one(c, proxy, &target));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Tunnel { addr, stop }
-    }
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn tunnel_one(client: TcpStream, proxy: SocketAddr, target: &str) {
-    let Ok(mut up) = TcpStream::connect(proxy) else {
-        return;
-    };
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    if up.write_all(req.as_bytes()).is_err() {
-        return;
-    }
-    // Read the proxy's answer head byte by byte (nothing past it is consumed).
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-        match up.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => return,
-        }
-    }
-    if !head.starts_with(b"HTTP/1.1 200") {
-        return;
-    }
-    let (mut c2, mut u2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
-    let t = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut c2, &mut u2);
-        let _ = u2.shutdown(std::net::Shutdown::Write);
-    });
-    let (mut c, mut u) = (client, up);
-    let _ = std::io::copy(&mut u, &mut c);
-    let _ = c.shutdown(std::net::Shutdown::Write);
-    let _ = t.join();
-}
-
 #[test]
 fn hundred_concurrent_streams_on_one_connection() {
     let (_pki, ng, p) = setup(&[]);
@@ -287,121 +218,6 @@ fn nghttp_h2c_through_tunnel_to_http11_upstream() {
         20,
         "{log}"
     );
-}
-
-/// An HTTP/2-only TLS upstream (Python `h2`): `/reset…` streams are reset
-/// with ENHANCE_YOUR_CALM, `/hang…` get no answer, `/goaway` is answered
-/// and followed by GOAWAY (socket left open), other paths answer 200
-/// with the path as body. Streams the client resets are printed
-/// (`reset PATH CODE`).
-const H2_RESET_SERVER: &str = r#""""HTTP/2-only TLS upstream: /reset/* streams are reset with
-ENHANCE_YOUR_CALM, other paths get 200 with their path as the body."""
-import asyncio, ssl, sys
-import h2.config, h2.connection, h2.errors, h2.events
-
-async def handle(reader, writer):
-    conn = h2.connection.H2Connection(
-        config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
-    conn.initiate_connection()
-    writer.write(conn.data_to_send())
-    paths = {}
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            break
-        for ev in conn.receive_data(data):
-            if isinstance(ev, h2.events.RequestReceived):
-                path = dict(ev.headers)[":path"]
-                paths[ev.stream_id] = path
-                if path.startswith("/hang"):
-                    pass
-                elif path.startswith("/goaway"):
-                    # Answer, then refuse further streams (the socket stays open).
-                    body = b"bye\n"
-                    conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "4")])
-                    conn.send_data(ev.stream_id, body, end_stream=True)
-                    conn.close_connection(last_stream_id=ev.stream_id)
-                elif path.startswith("/reset"):
-                    conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-                else:
-                    body = path.encode() + b"\n"
-                    conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
-                    conn.send_data(ev.stream_id, body, end_stream=True)
-            elif isinstance(ev, h2.events.StreamReset):
-                print("reset", paths.get(ev.stream_id), int(ev.error_code), flush=True)
-            elif isinstance(ev, h2.events.DataReceived):
-                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-        writer.write(conn.data_to_send())
-        await writer.drain()
-    writer.close()
-
-async def main():
-    cert, key = sys.argv[1], sys.argv[2]
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    ctx.set_alpn_protocols(["h2"])
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
-    print(srv.sockets[0].getsockname()[1], flush=True)
-    await srv.serve_forever()
-
-asyncio.run(main())
-"#;
-
-/// The Python upstream above; killed on drop.
-struct PyH2 {
-    child: std::process::Child,
-    port: u16,
-    /// stdout lines after the port.
-    lines: Arc<std::sync::Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl PyH2 {
-    fn start(pki: &TestPki) -> PyH2 {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("h2reset.py");
-        std::fs::write(&script, H2_RESET_SERVER).unwrap();
-        let mut child = Command::new(venv_python())
-            .arg(&script)
-            .arg(pki.server_cert())
-            .arg(pki.server_key())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let later = lines.clone();
-        std::thread::spawn(move || {
-            let mut r = std::io::BufReader::new(out);
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut r, &mut line);
-            let _ = tx.send(line);
-            for l in std::io::BufRead::lines(r).map_while(Result::ok) {
-                later.lock().unwrap().push(l);
-            }
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let port = line.trim().parse().unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("python h2 upstream did not start: {line:?}")
-        });
-        PyH2 {
-            child,
-            port,
-            lines,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PyH2 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -464,33 +280,6 @@ fn http11_client_to_h2_only_upstream_is_translated() {
         "{}",
         p.dump()
     );
-}
-
-/// A raw HTTP/1.1 server answering every request with a chunked body and a
-/// trailer section (threads; runs until the test process ends).
-fn chunked_trailer_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming().take(50) {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
-                    match c.read(&mut b) {
-                        Ok(1) => head.push(b[0]),
-                        _ => return,
-                    }
-                }
-                let _ = c.write_all(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
-                      5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trail: yes\r\ngrpc-status: 0\r\n\r\n",
-                );
-            });
-        }
-    });
-    addr
 }
 
 #[test]
@@ -625,42 +414,12 @@ fn transparent_mode_h2_and_h2c_clients() {
     assert!(p.wait_for_stdout(&line, T).is_some(), "{}", p.dump());
 }
 
-/// An h2 client through a CONNECT tunnel that opens `/hang`, then resets the
-/// stream with HTTP_1_1_REQUIRED (0xd) before any answer.
-const RESETTING_CLIENT: &str = r#"
-import socket, ssl, sys, time
-import h2.connection
-proxy_port, target = int(sys.argv[1]), sys.argv[2]
-s = socket.create_connection(("127.0.0.1", proxy_port))
-s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-head = b""
-while not head.endswith(b"\r\n\r\n"):
-    head += s.recv(1)
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ctx.set_alpn_protocols(["h2"])
-t = ctx.wrap_socket(s, server_hostname=target.split(":")[0])
-c = h2.connection.H2Connection()
-c.initiate_connection()
-c.send_headers(1, [(":method", "GET"), (":path", "/hang"), (":scheme", "https"),
-                   (":authority", target)], end_stream=True)
-t.sendall(c.data_to_send())
-time.sleep(0.5)
-c.reset_stream(1, error_code=0xd)
-t.sendall(c.data_to_send())
-time.sleep(1)
-print("sent reset", flush=True)
-"#;
-
 #[test]
 fn client_reset_reaches_the_upstream_with_its_reason() {
     let pki = TestPki::new();
     let up = PyH2::start(&pki);
     let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("client.py");
-    std::fs::write(&script, RESETTING_CLIENT).unwrap();
+    let script = h2_support::script("resetting_client.py");
     let port = p.addr("regular").port().to_string();
     let target = format!("localhost:{}", up.port);
     let out = run_ok(
