@@ -99,6 +99,14 @@ fn json_log_carries_each_sides_protocol() {
         flows[0]
     );
     assert_eq!(flows[0]["status"], 200);
+    // The first stream paid for the upstream connection; every flow has a TTFB.
+    assert!(
+        flows[0]["timings_ms"]["connect"].is_number(),
+        "{}",
+        flows[0]
+    );
+    assert!(flows[0]["timings_ms"]["tls"].is_number(), "{}", flows[0]);
+    assert!(flows[1]["timings_ms"]["ttfb"].is_number(), "{}", flows[1]);
     assert_eq!(flows[1]["request_http_version"], "HTTP/1.1", "{}", flows[1]);
     assert_eq!(
         flows[1]["response_http_version"], "HTTP/2.0",

@@ -158,8 +158,9 @@ async fn adopt_checked(
 
 /// Where one stream goes upstream.
 pub enum Upstream {
-    /// A stream on a multiplexed HTTP/2 connection.
-    H2(H2Upstream),
+    /// A stream on a multiplexed HTTP/2 connection (timings of opening it
+    /// when this stream caused the connect).
+    H2(H2Upstream, ConnectTimings),
     /// An HTTP/1.1 connection of its own (translated).
     H1(Box<UpstreamConn>, ConnectTimings),
 }
@@ -176,7 +177,7 @@ pub async fn get(
     let deadline = Instant::now() + worker.shared.cfg.connect_timeout * 2;
     loop {
         if let Some(up) = lookup(worker, target) {
-            return Ok(Upstream::H2(up));
+            return Ok(Upstream::H2(up, ConnectTimings::default()));
         }
         if is_h1_only(worker, target) {
             let (c, t) = upstream::get(worker, target, client).await?;
@@ -211,7 +212,7 @@ async fn connect(
     if matches!(conn.io, UpstreamIo::Plain(_)) {
         // h2c with prior knowledge; an HTTP/1-only server gets HTTP/1.1.
         return match adopt_checked(worker, conn, true).await {
-            Ok(up) => Ok(Upstream::H2(up)),
+            Ok(up) => Ok(Upstream::H2(up, timings)),
             Err(_) => {
                 mark_h1_only(worker, target);
                 let (c, t) = upstream::get(worker, target, client).await?;
@@ -220,7 +221,7 @@ async fn connect(
         };
     }
     if conn.io.alpn() == Some(ALPN_H2) {
-        Ok(Upstream::H2(adopt(worker, conn).await?))
+        Ok(Upstream::H2(adopt(worker, conn).await?, timings))
     } else {
         mark_h1_only(worker, target);
         Ok(Upstream::H1(Box::new(conn), timings))

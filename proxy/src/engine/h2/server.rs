@@ -27,6 +27,9 @@ pub(super) struct Conn {
     /// The upstream could not be reached before the client handshake:
     /// status and message answered on every stream.
     pub pre_error: Option<(u16, String)>,
+    /// Connect/TLS timings of the connection opened before the handshake,
+    /// for the first stream's flow.
+    pub pre_timings: std::cell::Cell<Option<crate::upstream::ConnectTimings>>,
 }
 
 /// Serve HTTP/2 on `io` (TLS we terminated, or plain TCP with the prior
@@ -45,9 +48,11 @@ pub async fn serve<T>(
     let Some(me) = worker.rc() else { return };
     let shared = &worker.shared;
     let mut pre_error = None;
+    let mut pre_timings = None;
     match pre {
         Preconnected::None => {}
-        Preconnected::Conn(c, _) => {
+        Preconnected::Conn(c, t) => {
+            pre_timings = Some(t);
             log_server_connect(worker, ctx, &c);
             if c.io.alpn() == Some(ALPN_H2) {
                 if let Err(e) = super::client::adopt(worker, *c).await {
@@ -88,6 +93,7 @@ pub async fn serve<T>(
         target,
         tls,
         pre_error,
+        pre_timings: std::cell::Cell::new(pre_timings),
     });
     let mut going_away: Option<Instant> = None;
     let mut idle_since = Instant::now();

@@ -95,8 +95,11 @@ pub(super) async fn serve(
             }
         };
         match up {
-            Upstream::H2(h2) => match x.open_h2(&head, body.is_end_stream(), &h2).await {
+            Upstream::H2(h2, timings) => match x.open_h2(&head, body.is_end_stream(), &h2).await {
                 Ok(opened) => {
+                    let timings = c.pre_timings.take().unwrap_or(timings);
+                    x.flow.timings.connect = timings.connect;
+                    x.flow.timings.tls = timings.tls;
                     x.via_h2(opened, body).await;
                     break;
                 }
@@ -109,6 +112,7 @@ pub(super) async fn serve(
                 }
             },
             Upstream::H1(conn, timings) => {
+                let timings = c.pre_timings.take().unwrap_or(timings);
                 x.flow.timings.connect = timings.connect;
                 x.flow.timings.tls = timings.tls;
                 super::h1_up::exchange(&mut x, head, body, *conn).await;
