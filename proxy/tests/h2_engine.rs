@@ -477,3 +477,52 @@ fn upstream_goaway_moves_new_streams_to_a_new_connection() {
     let connects = p.wait_for_stdout_n("server connect", 2, T);
     assert_eq!(connects.len(), 2, "{}", p.dump());
 }
+
+#[test]
+fn stream_and_header_limits_are_advertised_and_enforced() {
+    let (_pki, ng, p) = setup(&[
+        "--h2-max-concurrent-streams",
+        "7",
+        "--max-header-bytes",
+        "4096",
+    ]);
+    let tunnel = Tunnel::new(p.addr("regular"), format!("localhost:{}", ng.https_port));
+    let url = format!("https://localhost:{}/small.txt", tunnel.addr.port());
+    let out = run_ok(
+        Command::new("nghttp").args(["-v", "--no-dep", "-m", "20", &url]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.contains("[SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[SETTINGS_MAX_HEADER_LIST_SIZE(0x06):4096]"),
+        "{out}"
+    );
+    // nghttp opens its 20 streams before our SETTINGS arrive: those beyond
+    // the limit are refused (REFUSED_STREAM, safe to retry), the rest answered.
+    let answered = out.matches(SMALL_BODY).count();
+    let refused = out.matches("error_code=REFUSED_STREAM").count();
+    assert!(answered >= 7, "{out}");
+    assert_eq!(answered + refused, 20, "{out}");
+    // Within the limit, 100 requests complete on one connection.
+    let out = run_ok(
+        Command::new("h2load").args(["-n", "100", "-c", "1", "-m", "7", &url]),
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("100 succeeded"), "{out}");
+    // A header list over the limit is answered 431 on its stream.
+    let big = format!("x-big: {}", "a".repeat(8000));
+    let r = curl(&[
+        "--http2",
+        "-x",
+        &p.proxy_url(),
+        "--cacert",
+        s(&p.ca_cert()),
+        "-H",
+        &big,
+        &format!("{}/small.txt", ng.https_base()),
+    ]);
+    assert_eq!(r.status, 431, "{r:?}\n{}", p.dump());
+}
