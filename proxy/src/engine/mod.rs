@@ -203,8 +203,13 @@ pub async fn serve(
             finish_error(worker, ctx, flow, t0, e.to_string());
             break;
         }
-        if let Some(up) = h2::client::lookup(worker, &route.target) {
-            // The worker speaks HTTP/2 to this upstream: one stream per request.
+        // The worker speaks HTTP/2 to this upstream: one stream per request
+        // (upgrades such as WebSocket keep an HTTP/1.1 connection).
+        let h2_up = match request::upgrade_token(&head) {
+            None => h2::client::lookup(worker, &route.target),
+            Some(_) => None,
+        };
+        if let Some(up) = h2_up {
             let r = h2::h1_down::Req {
                 worker,
                 client,
