@@ -35,6 +35,14 @@ pub(super) async fn serve(
     let started = SystemTime::now();
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
+    if parts.method == http::Method::CONNECT {
+        // Tunnels inside intercepted HTTP/2 (extended CONNECT included) are
+        // not relayed.
+        let msg = "CONNECT is not supported inside an intercepted HTTP/2 connection";
+        send_text(&mut respond, 405, &[], error_body(msg));
+        log_conn_error(worker, ctx, msg.to_owned());
+        return;
+    }
     let head = translate::request_head(&parts);
     let scope = Scope::Fixed {
         target: c.target.clone(),
