@@ -235,6 +235,16 @@ pub struct RunArgs {
     /// and counted in tproxy_trace_spans_dropped_total: workers never wait for the exporter.
     #[arg(long, value_name = "N", env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = crate::observe::trace::settings::DEFAULT_QUEUE)]
     pub otlp_queue_size: usize,
+
+    /// Speak HTTP/2 where client and upstream offer it (ALPN mirrored to the
+    /// upstream; cleartext h2 with prior knowledge intercepted in transparent
+    /// mode). `--http2=false`: HTTP/1.1 only, h2c passed through.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub http2: bool,
+
+    /// Most concurrent HTTP/2 streams one client connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, value_name = "N", default_value_t = 250)]
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// Proxy mode of a listener.
@@ -346,6 +356,11 @@ pub struct Config {
     pub metrics_max_hosts: usize,
     /// OpenTelemetry trace export; None = tracing off.
     pub tracing: Option<crate::observe::trace::TraceSettings>,
+
+    /// `--http2`.
+    pub http2: bool,
+    /// `--h2-max-concurrent-streams`.
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// A configuration problem, said so the user can fix it.
@@ -397,6 +412,11 @@ impl TryFrom<&RunArgs> for Config {
                 "--max-headers must be at least 1 and --max-header-bytes at least 1024".into(),
             ));
         }
+        if a.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::Other(
+                "--h2-max-concurrent-streams must be at least 1".into(),
+            ));
+        }
         if a.cert_cache_size == 0 {
             return Err(ConfigError::Other(
                 "--cert-cache-size must be at least 1".into(),
@@ -439,6 +459,9 @@ impl TryFrom<&RunArgs> for Config {
                 &|k| std::env::var(k).ok(),
             )
             .map_err(|e| ConfigError::Other(format!("tracing: {e}")))?,
+
+            http2: a.http2,
+            h2_max_concurrent_streams: a.h2_max_concurrent_streams,
         })
     }
 }
@@ -503,6 +526,18 @@ mod tests {
         let cfg = Config::try_from(&cli.run).unwrap();
         assert!(cfg.is_ignored("EXAMPLE.com", 443));
         assert!(!cfg.is_ignored("example.com", 80));
+    }
+
+    #[test]
+    fn http2_flag_forms() {
+        let cfg = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            Config::try_from(&cli.run).unwrap()
+        };
+        assert!(cfg(&["tproxy"]).http2);
+        assert!(!cfg(&["tproxy", "--http2=false"]).http2);
+        assert!(cfg(&["tproxy", "--http2"]).http2);
+        assert_eq!(cfg(&["tproxy"]).h2_max_concurrent_streams, 250);
     }
 
     #[test]

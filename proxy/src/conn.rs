@@ -21,6 +21,7 @@ use crate::net::stream::{ClientIo, Tcp};
 use crate::passthrough::{RelayOptions, relay_with};
 use crate::policy::DenyHow;
 use crate::tls::certcache::{LeafName, Outcome};
+use crate::tls::upstream::{ALPN_H1, ALPN_H2, mirror_offer};
 use crate::upstream::{self, Target};
 use crate::worker::Worker;
 
@@ -186,8 +187,14 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
             };
             engine::serve(worker, &ctx, &mut client, buf, scope, Preconnected::None).await;
         }
+        Sniff::H2Preface if worker.shared.cfg.http2 => {
+            // Cleartext HTTP/2 with prior knowledge: h2c upstream too.
+            worker.shared.metrics.conn(ctx.mode, ConnKind::Intercepted);
+            let io = Rewind::new(buf, tcp);
+            engine::h2::server::serve(worker, &ctx, io, dest, false, Preconnected::None).await;
+        }
         Sniff::H2Preface => {
-            passthrough(worker, &ctx, tcp, buf, dest, None, "h2c (not intercepted)").await;
+            passthrough(worker, &ctx, tcp, buf, dest, None, "h2c (--http2=false)").await;
         }
         Sniff::Other | Sniff::NeedMore => {
             passthrough(worker, &ctx, tcp, buf, dest, None, "not HTTP or TLS").await;
@@ -280,10 +287,8 @@ async fn intercept_tls(
         tls: Some(upstream_sni),
         ..dest
     };
-    let pre = match upstream::get(worker, &target, ctx.client).await {
-        Ok((c, t)) => Preconnected::Conn(Box::new(c), t),
-        Err(e) => Preconnected::Failed(e),
-    };
+    let offer = mirror_offer(&hello.alpn, shared.cfg.http2);
+    let pre = preconnect(worker, &ctx, &target, &offer).await;
     let leaf_name = match (&hello.sni, &target.addr) {
         (Some(s), _) => LeafName::Dns(s.clone()),
         (None, Some(a)) => LeafName::Ip(a.ip()),
@@ -313,12 +318,9 @@ async fn intercept_tls(
             return;
         }
     };
-    // HTTP/1.1 only for now; a client that offered no ALPN gets none.
-    let alpn: Vec<Vec<u8>> = if hello.alpn.is_empty() {
-        Vec::new()
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    // ALPN mirroring: the client gets what the upstream chose.
+    let chosen = answer_alpn(worker, &target, &offer, &pre);
+    let alpn: Vec<Vec<u8>> = chosen.iter().map(|p| p.to_vec()).collect();
     let config = crate::tls::server::server_config(leaf, &alpn);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let host = hello.sni.clone().unwrap_or_else(|| {
@@ -361,9 +363,113 @@ async fn intercept_tls(
     };
     shared.metrics.tls_ok[crate::metrics::CLIENT].inc();
     tracing::trace!(sni = %host, handshake_us = started.elapsed().as_micros() as u64, "client TLS established");
+    let client_h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
     let mut client = ClientIo::Tls(Box::new(tls));
+    if client_h2 {
+        engine::h2::server::serve(worker, &ctx, client, target, true, pre).await;
+        return;
+    }
     let scope = Scope::Fixed { target, tls: true };
     engine::serve(worker, &ctx, &mut client, Vec::new(), scope, pre).await;
+}
+
+/// Connect upstream before the client handshake, offering the client's ALPN
+/// list (`offer`). Skipped when the worker already speaks HTTP/2 to `target`
+/// (the streams use that connection). A client that did not offer h2 to an
+/// upstream refusing its list (no_application_protocol) gets one retry
+/// offering h2 only: the exchange is then translated HTTP/1.1 → HTTP/2.
+async fn preconnect(
+    worker: &Worker,
+    ctx: &ConnCtx,
+    target: &Target,
+    offer: &[&'static [u8]],
+) -> Preconnected {
+    let shared = &worker.shared;
+    if shared.cfg.http2 && engine::h2::client::lookup(worker, target).is_some() {
+        return Preconnected::None;
+    }
+    let client_h2 = offer.contains(&ALPN_H2);
+    let res = if !client_h2 || engine::h2::client::is_h1_only(worker, target) {
+        upstream::get(worker, target, ctx.client).await
+    } else {
+        let tls = shared.upstream_alpn.for_offer(offer);
+        upstream::connect_with(worker, target, ctx.client, tls).await
+    };
+    let res = match res {
+        Err(upstream::UpstreamError::NoAlpn { .. }) if shared.cfg.http2 && !client_h2 => {
+            let tls = shared.upstream_alpn.for_offer(&[ALPN_H2]);
+            upstream::connect_with(worker, target, ctx.client, tls).await
+        }
+        other => other,
+    };
+    match res {
+        Ok((c, t)) if !client_h2 && shared.cfg.http2 && needs_h2_probe(worker, target, &c) => {
+            probe_h2(worker, ctx, target, c, t).await
+        }
+        Ok((c, t)) => Preconnected::Conn(Box::new(c), t),
+        Err(e) => Preconnected::Failed(e),
+    }
+}
+
+/// A fresh TLS connection on which the server selected no ALPN protocol
+/// although http/1.1 was offered: either a server without ALPN (HTTP/1) or
+/// an h2-only server that ignores offers it cannot serve.
+fn needs_h2_probe(worker: &Worker, target: &Target, c: &upstream::UpstreamConn) -> bool {
+    !c.reused
+        && matches!(c.io, crate::net::stream::UpstreamIo::Tls(_))
+        && c.io.alpn().is_none()
+        && !engine::h2::client::is_h1_only(worker, target)
+}
+
+/// Tell the two apart with one connection offering h2 only; the answer is
+/// remembered per worker (h2 connection kept, or the target marked HTTP/1).
+async fn probe_h2(
+    worker: &Worker,
+    ctx: &ConnCtx,
+    target: &Target,
+    first: upstream::UpstreamConn,
+    timings: upstream::ConnectTimings,
+) -> Preconnected {
+    let tls = worker.shared.upstream_alpn.for_offer(&[ALPN_H2]);
+    match upstream::connect_with(worker, target, ctx.client, tls).await {
+        Ok((c, t)) if c.io.alpn() == Some(ALPN_H2) => {
+            worker.closed_upstreams([first]);
+            Preconnected::Conn(Box::new(c), t)
+        }
+        other => {
+            if let Ok((c, _)) = other {
+                worker.closed_upstreams([c]);
+            }
+            engine::h2::client::mark_h1_only(worker, target);
+            Preconnected::Conn(Box::new(first), timings)
+        }
+    }
+}
+
+/// The ALPN protocol answered to the client: the upstream's choice when the
+/// client offered it; HTTP/1.1 when the client offered it and the upstream
+/// chose something it did not offer or nothing; else h2 (translated).
+fn answer_alpn(
+    worker: &Worker,
+    target: &Target,
+    offer: &[&'static [u8]],
+    pre: &Preconnected,
+) -> Option<&'static [u8]> {
+    if offer.is_empty() {
+        return None;
+    }
+    let upstream_choice = match pre {
+        Preconnected::Conn(c, _) => {
+            c.io.alpn()
+                .and_then(|p| offer.iter().copied().find(|o| *o == p))
+        }
+        Preconnected::None if engine::h2::client::lookup(worker, target).is_some() => Some(ALPN_H2),
+        _ => None,
+    };
+    upstream_choice
+        .filter(|p| offer.contains(p))
+        .or_else(|| offer.iter().copied().find(|p| *p == ALPN_H1))
+        .or_else(|| offer.first().copied())
 }
 
 /// Relay the connection untouched to `dest`, after replaying `prefix`.

@@ -60,6 +60,10 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         },
         vec![b"http/1.1".to_vec()],
     )?;
+    let upstream_alpn = crate::tls::upstream::UpstreamAlpn::new(&UpstreamTlsOptions {
+        insecure: cfg.ssl_insecure,
+        extra_roots: cfg.upstream_ca.clone(),
+    })?;
     let metrics = Metrics::new(&crate::metrics::MetricsOptions {
         workers: cfg.workers,
         enabled: cfg.metrics,
@@ -136,6 +140,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         policy,
         pods,
         tracer,
+        upstream_alpn,
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();

@@ -54,6 +54,10 @@ pub enum UpstreamError {
     Tls { authority: String, reason: String },
     #[error("refusing to connect to {0}: it is this proxy's own listener (request loop)")]
     Loop(String),
+    /// The server accepts none of the offered ALPN protocols (e.g. an
+    /// h2-only server offered http/1.1): worth one retry offering h2.
+    #[error("TLS handshake with {authority} failed: {reason}")]
+    NoAlpn { authority: String, reason: String },
 }
 
 impl UpstreamError {
@@ -261,11 +265,23 @@ pub async fn connect_tcp(
     Err(UpstreamError::Connect { authority, reason })
 }
 
-/// Open a new connection to `target` (TCP, then TLS if asked).
+/// Open a new connection to `target` (TCP, then TLS offering http/1.1).
 pub async fn connect(
     worker: &Worker,
     target: &Target,
     client: SocketAddr,
+) -> Result<(UpstreamConn, ConnectTimings), UpstreamError> {
+    let tls = worker.shared.upstream_tls.clone();
+    connect_with(worker, target, client, tls).await
+}
+
+/// Open a new connection to `target` (TCP, then TLS with `tls`, whose ALPN
+/// list is what the server is offered).
+pub async fn connect_with(
+    worker: &Worker,
+    target: &Target,
+    client: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
 ) -> Result<(UpstreamConn, ConnectTimings), UpstreamError> {
     let shared = &worker.shared;
     let authority = target.authority();
@@ -292,7 +308,7 @@ pub async fn connect(
                 })?,
                 None => ServerName::IpAddress(addr.ip().into()),
             };
-            let connector = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone());
+            let connector = tokio_rustls::TlsConnector::from(tls);
             let res = monoio::time::timeout(timeout, connector.connect(name, tcp)).await;
             match res {
                 Ok(Ok(s)) => {
@@ -304,6 +320,12 @@ pub async fn connect(
                     shared
                         .metrics
                         .tls_failure(crate::metrics::UPSTREAM, crate::metrics::tls::reason(&e));
+                    if crate::tls::upstream::is_no_alpn_error(&e) {
+                        return Err(UpstreamError::NoAlpn {
+                            authority,
+                            reason: crate::tls::upstream::describe_upstream_error(&e),
+                        });
+                    }
                     return Err(UpstreamError::Tls {
                         authority,
                         reason: crate::tls::upstream::describe_upstream_error(&e),

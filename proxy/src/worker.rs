@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -39,6 +39,8 @@ pub struct Shared {
     pub pods: Option<crate::poddir::LiveDirectory>,
     /// Span export (absent when tracing is off).
     pub tracer: Option<crate::observe::trace::Tracer>,
+    /// Upstream client configs per mirrored ALPN offer (HTTP/2 interception).
+    pub upstream_alpn: crate::tls::upstream::UpstreamAlpn,
 }
 
 impl Shared {
@@ -85,9 +87,18 @@ pub struct Worker {
     /// This worker's view of the live policy (one atomic load per use).
     pub policy: RefCell<crate::policy::watch::Snapshot<crate::policy::Policy>>,
     pub pods: Option<RefCell<crate::policy::watch::Snapshot<crate::poddir::PodDirectory>>>,
+    /// This worker itself, for tasks that must own a handle (HTTP/2 streams).
+    pub me: Weak<Worker>,
+    /// Multiplexed HTTP/2 upstream connections of this worker.
+    pub h2: RefCell<crate::engine::h2::client::H2Pool>,
 }
 
 impl Worker {
+    /// An owned handle to this worker (it lives as long as its thread).
+    pub fn rc(&self) -> Option<Rc<Worker>> {
+        self.me.upgrade()
+    }
+
     /// The pod a client IP belongs to, from the pod directory.
     pub fn source_pod(&self, ip: std::net::IpAddr) -> Option<Arc<crate::poddir::PodInfo>> {
         let pods = self.pods.as_ref()?;
@@ -143,12 +154,14 @@ pub fn run(
         .with_label_values(&[&id.to_string(), driver])
         .set(1);
     rt.block_on(async move {
-        let worker = Rc::new(Worker {
+        let worker = Rc::new_cyclic(|me| Worker {
             id,
             shared: shared.clone(),
             pool: RefCell::new(Pool::default()),
             policy: RefCell::new(shared.policy.snapshot()),
             pods: shared.pods.as_ref().map(|p| RefCell::new(p.snapshot())),
+            me: me.clone(),
+            h2: RefCell::default(),
         });
         let mut accept_tasks = Vec::new();
         for (mode, std_listener) in listeners {

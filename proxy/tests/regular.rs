@@ -209,7 +209,6 @@ fn flow_log_text_lines_as_specified() {
 }
 
 #[test]
-#[ignore = "HTTP/2 interception lands with issue 3"]
 fn flow_log_h2_request_line_has_http2_suffix() {
     let (_pki, ng, p) = setup(&[]);
     let url = format!("{}/small.txt", ng.https_base());

@@ -4,6 +4,7 @@
 //! head + streamed body up → response head + streamed body down → flow log.
 
 pub mod body;
+pub mod h2;
 mod request;
 mod respond;
 pub mod verdict;
@@ -80,8 +81,15 @@ pub async fn serve(
         Preconnected::None => {}
         Preconnected::Conn(c, t) => {
             log_server_connect(worker, ctx, &c);
-            current = Some(*c);
-            pre_timings = Some(t);
+            if c.io.alpn() == Some(crate::tls::upstream::ALPN_H2) {
+                // An h2-only upstream: requests are translated to HTTP/2.
+                if let Err(e) = h2::client::adopt(worker, *c).await {
+                    pre_error = Some(e);
+                }
+            } else {
+                current = Some(*c);
+                pre_timings = Some(t);
+            }
         }
         Preconnected::Failed(e) => pre_error = Some(e),
     }
@@ -193,6 +201,30 @@ pub async fn serve(
             let status = e.status();
             let _ = send_error(client, status, &e.to_string()).await;
             finish_error(worker, ctx, flow, t0, e.to_string());
+            break;
+        }
+        // The worker speaks HTTP/2 to this upstream: one stream per request
+        // (upgrades such as WebSocket keep an HTTP/1.1 connection).
+        let h2_up = match request::upgrade_token(&head) {
+            None => h2::client::lookup(worker, &route.target),
+            Some(_) => None,
+        };
+        if let Some(up) = h2_up {
+            let r = h2::h1_down::Req {
+                worker,
+                client,
+                buf: &mut buf,
+                route: &route,
+                verdict: &verdict,
+                flow: &mut flow,
+                t0,
+            };
+            let keep = h2::h1_down::exchange(r, up, head, req_kind).await;
+            flow.timings.total = t0.elapsed();
+            observe::http_done(worker, ctx, flow);
+            if keep {
+                continue;
+            }
             break;
         }
         let conn = match current.take() {
@@ -580,9 +612,14 @@ fn header_list(h: &Headers) -> Vec<(String, String)> {
 }
 
 fn log_server_connect(worker: &Worker, ctx: &ConnCtx, c: &UpstreamConn) {
+    log_server_connect_to(worker, ctx.client, c);
+}
+
+/// Flow-log line: `client` made us connect to the upstream `c`.
+pub fn log_server_connect_to(worker: &Worker, client: SocketAddr, c: &UpstreamConn) {
     worker.shared.flowlog.conn_event(ConnEvent {
         at: SystemTime::now(),
-        client: ctx.client,
+        client,
         kind: ConnEventKind::ServerConnect {
             authority: c.target.authority(),
             addr: c.addr,

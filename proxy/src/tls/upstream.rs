@@ -328,3 +328,88 @@ pub fn client_rejected_our_cert(err: &std::io::Error) -> bool {
         ))
     )
 }
+
+/// ALPN protocol id of HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol id of HTTP/1.1.
+pub const ALPN_H1: &[u8] = b"http/1.1";
+
+/// Upstream client configs for every ALPN offer tproxy mirrors from a client
+/// (built once at start; all share one verifier and one session store).
+#[derive(Debug, Clone)]
+pub struct UpstreamAlpn {
+    none: Arc<rustls::ClientConfig>,
+    h1: Arc<rustls::ClientConfig>,
+    h2: Arc<rustls::ClientConfig>,
+    h2_h1: Arc<rustls::ClientConfig>,
+    h1_h2: Arc<rustls::ClientConfig>,
+}
+
+impl UpstreamAlpn {
+    /// Build the configs for `opts`.
+    pub fn new(opts: &UpstreamTlsOptions) -> Result<Self, CaError> {
+        let (h1, h2) = (ALPN_H1.to_vec(), ALPN_H2.to_vec());
+        Ok(UpstreamAlpn {
+            none: client_config(opts, Vec::new())?,
+            h1: client_config(opts, vec![h1.clone()])?,
+            h2: client_config(opts, vec![h2.clone()])?,
+            h2_h1: client_config(opts, vec![h2.clone(), h1.clone()])?,
+            h1_h2: client_config(opts, vec![h1, h2])?,
+        })
+    }
+
+    /// The config offering exactly `offer` (a list from [`mirror_offer`]).
+    pub fn for_offer(&self, offer: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        match offer {
+            [] => self.none.clone(),
+            [a] if *a == ALPN_H2 => self.h2.clone(),
+            [_] => self.h1.clone(),
+            [a, ..] if *a == ALPN_H2 => self.h2_h1.clone(),
+            _ => self.h1_h2.clone(),
+        }
+    }
+}
+
+/// The client's ALPN list reduced to the protocols tproxy speaks (h2,
+/// http/1.1), in the client's order; h2 dropped unless `http2`.
+pub fn mirror_offer(client: &[Vec<u8>], http2: bool) -> Vec<&'static [u8]> {
+    let mut out: Vec<&'static [u8]> = Vec::with_capacity(2);
+    for p in client {
+        let known = if p.as_slice() == ALPN_H2 && http2 {
+            ALPN_H2
+        } else if p.as_slice() == ALPN_H1 {
+            ALPN_H1
+        } else {
+            continue;
+        };
+        if !out.contains(&known) {
+            out.push(known);
+        }
+    }
+    out
+}
+
+/// Whether an upstream handshake failed because the server accepts none of
+/// the offered ALPN protocols (an h2-only server offered http/1.1).
+pub fn is_no_alpn_error(err: &std::io::Error) -> bool {
+    matches!(
+        rustls_error(err),
+        Some(
+            rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol)
+                | rustls::Error::NoApplicationProtocol
+        )
+    )
+}
+
+#[cfg(test)]
+mod alpn_tests {
+    use super::*;
+
+    #[test]
+    fn offer_keeps_client_order_and_known_protocols() {
+        let c = vec![b"spdy/3".to_vec(), b"http/1.1".to_vec(), b"h2".to_vec()];
+        assert_eq!(mirror_offer(&c, true), vec![ALPN_H1, ALPN_H2]);
+        assert_eq!(mirror_offer(&c, false), vec![ALPN_H1]);
+        assert!(mirror_offer(&[], true).is_empty());
+    }
+}

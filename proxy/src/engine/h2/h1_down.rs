@@ -1,0 +1,228 @@
+//! An HTTP/1.1 client to an HTTP/2 upstream (inside the HTTP/1 engine's
+//! request loop): the request becomes a stream on the worker's multiplexed
+//! connection; the response is written back as HTTP/1.1 (chunked when the
+//! length is unknown, trailers as chunked trailers).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::body::H2Writer;
+use super::client::H2Upstream;
+use super::translate;
+use crate::engine::body::{self, BodyError, Capture};
+use crate::engine::request::{self, Route};
+use crate::engine::respond::send_error;
+use crate::engine::verdict::{self, Verdict};
+use crate::flowlog::{HttpFlow, HttpVersion};
+use crate::http1::codec::{self, BodyKind, RequestHead};
+use crate::net::stream::ClientIo;
+use crate::worker::Worker;
+
+/// Everything one request needs (borrowed from the HTTP/1 engine's loop).
+pub struct Req<'a> {
+    pub worker: &'a Worker,
+    pub client: &'a mut ClientIo,
+    /// Bytes read from the client past the request head.
+    pub buf: &'a mut Vec<u8>,
+    pub route: &'a Route,
+    pub verdict: &'a Verdict,
+    pub flow: &'a mut HttpFlow,
+    pub t0: Instant,
+}
+
+/// Forward one request over HTTP/2. Returns whether the client connection
+/// can carry another request.
+pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: BodyKind) -> bool {
+    let Req {
+        worker,
+        client,
+        buf,
+        route,
+        verdict,
+        flow,
+        t0,
+    } = r;
+    flow.server_addr = Some(up.addr);
+    let client_minor = head.minor_version;
+    let client_close = request::wants_close(&head);
+    let method = head.method.clone();
+    let expect_continue = head
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let mut up_head = head;
+    up_head.headers.remove("expect");
+    if up_head.headers.get("host") != Some(route.host_header.as_bytes()) {
+        up_head.headers.set("host", route.host_header.clone());
+    }
+    up_head.target = route.path.clone();
+    verdict::apply(&verdict.request_headers, &mut up_head.headers);
+    if let Some(tp) = flow.trace.as_ref().and_then(|t| t.upstream_traceparent()) {
+        up_head.headers.set("traceparent", tp);
+    }
+    let scheme = if route.target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let fail = |flow: &mut HttpFlow, msg: String| {
+        flow.response = None;
+        flow.error = Some(msg);
+    };
+    let req = match translate::h2_request(&up_head, scheme) {
+        Ok(r) => r,
+        Err(msg) => {
+            let _ = send_error(client, 502, &msg).await;
+            fail(flow, msg);
+            return false;
+        }
+    };
+    let eos = req_kind == BodyKind::Empty;
+    let started = match up.send.clone().ready().await {
+        Ok(mut s) => s.send_request(req, eos),
+        Err(e) => Err(e),
+    };
+    let (resp_fut, mut up_send) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            up.retire(worker, &route.target);
+            let msg = format!("upstream HTTP/2 connection failed: {e}");
+            let _ = send_error(client, 502, &msg).await;
+            fail(flow, msg);
+            return false;
+        }
+    };
+    let limit = worker.shared.flowlog.body_capture_limit();
+    if !eos {
+        if expect_continue {
+            if client
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let _ = client.flush().await;
+        }
+        let mut cap = Capture::new(limit);
+        let mut w = H2Writer { send: &mut up_send };
+        match body::relay(client, buf, &mut w, req_kind, true, &mut cap).await {
+            Ok(n) => {
+                flow.request_bytes = n;
+                let _ = up_send.send_data(Bytes::new(), true);
+            }
+            Err(BodyError::Write(e)) => {
+                let msg =
+                    format!("upstream HTTP/2 stream closed while receiving the request body: {e}");
+                let _ = send_error(client, 502, &msg).await;
+                fail(flow, msg);
+                return false;
+            }
+            Err(e) => {
+                up_send.send_reset(h2::Reason::CANCEL);
+                flow.error = Some(format!("client: {e}"));
+                return false;
+            }
+        }
+        flow.request_body = cap.finish();
+    }
+    let resp = match resp_fut.await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("upstream HTTP/2 stream failed: {e}");
+            let _ = send_error(client, 502, &msg).await;
+            fail(flow, msg);
+            return false;
+        }
+    };
+    flow.timings.ttfb = Some(t0.elapsed());
+    let (parts, mut rbody) = resp.into_parts();
+    let rhead = translate::response_head(&parts);
+    let mut s = crate::engine::summary(worker, &rhead);
+    s.version = HttpVersion::Http2;
+    s.reason = String::new();
+    verdict.redact_logged(&mut s.headers, worker.shared.cfg.show_secrets);
+    flow.response = Some(s);
+
+    // Framing towards the HTTP/1 client.
+    let mut down = rhead.clone();
+    codec::remove_hop_by_hop(&mut down.headers, false);
+    verdict::apply(&verdict.response_headers, &mut down.headers);
+    let no_body = method.eq_ignore_ascii_case("HEAD")
+        || rhead.status == 204
+        || rhead.status == 304
+        || (100..200).contains(&rhead.status);
+    let has_len = down.headers.get("content-length").is_some();
+    let ended = rbody.is_end_stream();
+    let chunked = !no_body && !has_len && !ended && client_minor == 1;
+    let until_close = !no_body && !has_len && !ended && client_minor == 0;
+    if !no_body && !has_len && ended {
+        down.headers.set("content-length", "0");
+    }
+    if chunked {
+        down.headers.set("transfer-encoding", "chunked");
+    }
+    let close = client_close || until_close;
+    if close {
+        down.headers.set("connection", "close");
+    } else if client_minor == 0 {
+        down.headers.set("connection", "keep-alive");
+    }
+    down.minor_version = 1;
+    let mut o = Vec::with_capacity(512);
+    codec::write_response_head(&down, &mut o);
+    if client.write_all(&o).await.is_err() {
+        return false;
+    }
+    let mut cap = Capture::new(limit);
+    let mut n = 0u64;
+    loop {
+        let Some(data) = rbody.data().await else {
+            break;
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                flow.error = Some(format!("upstream stream failed during the response: {e}"));
+                return false;
+            }
+        };
+        let len = data.len();
+        cap.push(&data);
+        n += len as u64;
+        let res = if chunked && len > 0 {
+            let size = format!("{len:x}\r\n");
+            let r1 = client.write_all(size.as_bytes()).await;
+            let r2 = client.write_all(&data).await;
+            let r3 = client.write_all(b"\r\n").await;
+            r1.and(r2).and(r3)
+        } else {
+            client.write_all(&data).await
+        };
+        if let Err(e) = res {
+            flow.error = Some(format!(
+                "client closed the connection during the response: {e}"
+            ));
+            return false;
+        }
+        let _ = rbody.flow_control().release_capacity(len);
+    }
+    if chunked {
+        let trailers = rbody.trailers().await.ok().flatten();
+        if client
+            .write_all(&translate::chunked_end(trailers.as_ref()))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    let _ = client.flush().await;
+    flow.response_bytes = n;
+    if let Some(r) = flow.response.as_mut() {
+        r.body = cap.finish();
+    }
+    !close
+}
