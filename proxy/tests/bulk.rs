@@ -97,7 +97,8 @@ fn download_100mib_intercepted_https() {
     let re = format!(r": GET {}( HTTP/2\.0)?$", regex::escape(&url));
     assert!(p.wait_for_stdout(&re, T).is_some(), "{}", p.dump());
     assert!(
-        p.wait_for_stdout(r"^\s+<< 200 OK 100m$", T).is_some(),
+        p.wait_for_stdout(r"^\s+<< (HTTP/2\.0 )?200 OK 100m$", T)
+            .is_some(),
         "{}",
         p.dump()
     );

@@ -116,14 +116,20 @@ fn example_bucket_policy_in_transparent_and_regular_mode() {
         );
     }
     assert!(
-        p.wait_for_stdout(r"<< 200 OK .*\[rule bucket-virtual-host tag s3\]", T)
-            .is_some(),
+        p.wait_for_stdout(
+            r"<< (HTTP/2\.0 )?200 OK .*\[rule bucket-virtual-host tag s3\]",
+            T
+        )
+        .is_some(),
         "{}",
         p.dump()
     );
     assert!(
-        p.wait_for_stdout(r"<< 404 .*\[rule bucket-path-style tag s3\]", T)
-            .is_some(),
+        p.wait_for_stdout(
+            r"<< (HTTP/2\.0 )?404 .*\[rule bucket-path-style tag s3\]",
+            T
+        )
+        .is_some(),
         "{}",
         p.dump()
     );
