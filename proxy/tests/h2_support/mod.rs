@@ -90,26 +90,46 @@ fn tunnel_one(client: TcpStream, proxy: SocketAddr, target: &str) {
     let _ = t.join();
 }
 
-/// An HTTP/2-only TLS upstream (`h2_upstream.py`, Python `h2`): `/reset…`
-/// streams are reset with ENHANCE_YOUR_CALM, `/hang…` get no answer,
-/// `/goaway` is answered and followed by GOAWAY (socket left open), other
+/// The HTTP/2-only TLS upstream `h2server.py` (Python `h2` + pyOpenSSL; see
+/// its docstring for the paths): `/reset…` streams are reset with
+/// ENHANCE_YOUR_CALM, `/hang…` get no answer, `/goaway` is answered and
+/// followed by GOAWAY, `/echo` returns the request headers as JSON, other
 /// paths answer 200 with the path as body. Streams the client resets are
 /// printed (`reset PATH CODE`, see `lines`). Killed on drop.
 pub struct PyH2 {
     child: std::process::Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
-    /// stdout lines after the port.
+    /// stdout lines after the READY line.
     pub lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl PyH2 {
+    /// Declines a non-h2 ALPN offer silently (no ALPN), like Python's ssl
+    /// module and OpenSSL-based servers.
     pub fn start(pki: &TestPki) -> PyH2 {
-        let script = script("h2_upstream.py");
+        Self::spawn(pki, "decline")
+    }
+
+    /// Answers a non-h2 ALPN offer with the no_application_protocol alert,
+    /// like Go and rustls servers.
+    pub fn strict(pki: &TestPki) -> PyH2 {
+        Self::spawn(pki, "alert")
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn spawn(pki: &TestPki, alpn_mismatch: &str) -> PyH2 {
         let mut child = Command::new(venv_python())
-            .arg(&script)
+            .arg("-u")
+            .arg(script("h2server.py"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--tls"])
             .arg(pki.server_cert())
             .arg(pki.server_key())
+            .args(["--alpn-mismatch", alpn_mismatch])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -129,10 +149,14 @@ impl PyH2 {
             }
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let port = line.trim().parse().unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("python h2 upstream did not start: {line:?}")
-        });
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("python h2 upstream did not start: {line:?}")
+            });
         PyH2 { child, port, lines }
     }
 }

@@ -1,6 +1,6 @@
-//! HTTP/2 and gRPC fixtures in Python: a strict h2-only TLS upstream
-//! (`h2server.py`), a multi-stream h2 client (`h2client.py`) and a grpcio
-//! service + client (`grpcsvc.py`). See each script's docstring.
+//! HTTP/2 and gRPC fixtures in Python: a multi-stream h2 client
+//! (`h2client.py`) and a grpcio service + client (`grpcsvc.py`). See each
+//! script's docstring. (The h2-only upstream is `h2_support::PyH2`.)
 
 use std::net::SocketAddr;
 use std::process::{Child, Command};
@@ -10,7 +10,6 @@ use super::pki::TestPki;
 use super::pyup::spawn_ready;
 use super::{run_ok, terminate_child, venv_python};
 
-pub const H2SERVER_PY: &str = include_str!("h2server.py");
 pub const H2CLIENT_PY: &str = include_str!("h2client.py");
 pub const GRPCSVC_PY: &str = include_str!("grpcsvc.py");
 
@@ -46,11 +45,6 @@ impl PyServer {
             _dir: dir,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         }
-    }
-
-    /// The strict h2-only upstream (`h2server.py`).
-    pub fn h2_only(pki: &TestPki) -> PyServer {
-        Self::start("h2server.py", H2SERVER_PY, &[], pki)
     }
 
     /// The gRPC service (`grpcsvc.py serve`).

@@ -1,20 +1,19 @@
-//! HTTP/2 interception end to end with real clients and servers: curl and
-//! nghttp (nghttp2) through regular and transparent mode to nginx's h2
-//! listener, 100 concurrent streams on one client connection, a 100 MiB h2
-//! download, RST_STREAM propagation with siblings finishing, trailers, and
-//! translation both ways (h2 client → HTTP/1.1-only upstream, HTTP/1.1
-//! client → h2-only upstream).
+//! ALPN mirroring at its edges, over TLS (h2_engine.rs covers the common
+//! paths): an upstream that refuses non-h2 offers with the
+//! no_application_protocol alert (Go/rustls style) reached by an HTTP/1.1
+//! client, trailers and resets from it to an h2 client, and a client that
+//! offers only h2 reaching an HTTP/1.1-only upstream (translated), while a
+//! client offering both gets the upstream's HTTP/1.1.
 #![allow(clippy::unwrap_used)]
 
+mod h2_support;
 mod support;
 
-use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use support::h2up::{H2CLIENT_PY, PyServer, run_client};
-use support::netns::{Topology, UPSTREAM_IP};
-use support::nginx::{Nginx, SMALL_BODY};
+use h2_support::PyH2;
+use support::h2up::{H2CLIENT_PY, run_client};
 use support::pki::TestPki;
 use support::proxy::{Proxy, ProxyBuilder};
 use support::pyup::{Kind, PyUpstream};
@@ -76,10 +75,6 @@ fn upload_file(len: u32) -> (tempfile::NamedTempFile, Vec<u8>) {
     (f, data)
 }
 
-fn h2(a: &str) -> (String, String) {
-    (a.to_owned(), "HTTP/2.0".to_owned())
-}
-
 /// curl `args`, returning (body, `%{http_version}`).
 fn curl_version(ns: Option<&str>, args: &[&str]) -> (String, String) {
     let mut cmd = match ns {
@@ -98,159 +93,11 @@ fn curl_version(ns: Option<&str>, args: &[&str]) -> (String, String) {
 }
 
 #[test]
-fn curl_http2_regular_mode_is_h2_on_both_sides() {
+fn strict_h2_upstream_trailers_and_resets_reach_the_h2_client() {
     let pki = TestPki::new();
-    let ng = Nginx::start(&pki);
+    let up = PyH2::strict(&pki);
     let p = json_proxy(&pki);
-    let url = format!("{}/small.txt", ng.https_base());
-    let (body, version) = curl_version(
-        None,
-        &[
-            "--http2",
-            "-x",
-            &p.proxy_url(),
-            "--cacert",
-            s(&p.ca_cert()),
-            &url,
-        ],
-    );
-    assert_eq!(
-        (body.as_str(), version.as_str()),
-        (SMALL_BODY, "2"),
-        "{}",
-        p.dump()
-    );
-    let rec = &wait_records(&p, "/small.txt", 1)[0];
-    assert_eq!(versions(rec), h2("HTTP/2.0"), "{rec}");
-    assert_eq!(rec["status"], 200, "{rec}");
-    assert!(ng.wait_access_log("\"GET /small.txt HTTP/2.0\" 200", T));
-}
-
-#[test]
-fn curl_and_nghttp_transparent_mode_are_h2_on_both_sides() {
-    if !require_root("curl_and_nghttp_transparent_mode_are_h2_on_both_sides") {
-        return;
-    }
-    const PROXY_PORT: u16 = 15002;
-    let topo = Topology::new("h2t");
-    let pki = TestPki::new();
-    let ng = Nginx::start_in_ns(&pki, &topo.upstream, UPSTREAM_IP, 80, 443);
-    let p = ProxyBuilder::new()
-        .netns(&topo.node)
-        .mode(&format!("transparent@0.0.0.0:{PROXY_PORT}"))
-        .upstream_ca(&pki.ca_pem())
-        .args(&["--log-format", "json"])
-        .spawn();
-    topo.redirect_to(PROXY_PORT);
-    let c = Some(topo.client.as_str());
-
-    let url = format!("https://{UPSTREAM_IP}/small.txt");
-    let (body, version) = curl_version(c, &["--http2", "--cacert", s(&p.ca_cert()), &url]);
-    assert_eq!(
-        (body.as_str(), version.as_str()),
-        (SMALL_BODY, "2"),
-        "{}",
-        p.dump()
-    );
-
-    // nghttp2's own client: HTTP/2 only, several streams on one connection.
-    let nurl = format!("https://{UPSTREAM_IP}/index.html");
-    let out = run_ok(
-        topo.exec(&topo.client, "nghttp")
-            .args(["-v", "-t", "20"])
-            .args([&nurl, &url]),
-        Duration::from_secs(30),
-    );
-    assert!(out.contains("h2"), "nghttp did not negotiate h2:\n{out}");
-    assert_eq!(
-        out.matches(":status: 200").count(),
-        2,
-        "{out}\n{}",
-        p.dump()
-    );
-    assert!(out.contains(SMALL_BODY.trim()), "{out}");
-
-    for rec in wait_records(&p, "/small.txt", 2)
-        .iter()
-        .chain(&wait_records(&p, "/index.html", 1))
-    {
-        assert_eq!(versions(rec), h2("HTTP/2.0"), "{rec}");
-        assert_eq!(rec["status"], 200, "{rec}");
-    }
-    assert!(ng.wait_access_log("\"GET /index.html HTTP/2.0\" 200", T));
-    // Keep the namespaces until the processes in them are gone.
-    drop(p);
-    drop(ng);
-    drop(topo);
-}
-
-#[test]
-fn hundred_concurrent_streams_on_one_client_connection_all_complete() {
-    let pki = TestPki::new();
-    let ng = Nginx::start(&pki);
-    let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
-    let paths: Vec<String> = (0..100).map(|i| format!("/small.txt?i={i}")).collect();
-    let connect = ng.https_addr().to_string();
-    let proxy = p.addr("regular").to_string();
-    let ca = p.ca_cert();
-    let mut args = vec![
-        "--connect",
-        connect.as_str(),
-        "--proxy",
-        proxy.as_str(),
-        "--cafile",
-        s(&ca),
-    ];
-    args.extend(paths.iter().map(String::as_str));
-    let out = run_client(H2CLIENT_PY, &args, Duration::from_secs(60));
-    let streams = out["streams"].as_array().unwrap();
-    assert_eq!(streams.len(), 100);
-    let want = sha256_hex(SMALL_BODY.as_bytes());
-    for st in streams {
-        assert_eq!(st["status"], 200, "{st}\n{}", p.dump());
-        assert_eq!(st["body_sha256"], want.as_str(), "{st}");
-    }
-    // One client connection: every flow has the same client address.
-    let lines = p.wait_for_stdout_n(r": GET https://\S+/small\.txt\?i=\d+ HTTP/2\.0$", 100, T);
-    assert_eq!(lines.len(), 100, "{}", p.dump());
-    let clients: HashSet<&str> = lines
-        .iter()
-        .map(|l| l.split(": GET").next().unwrap().rsplit(' ').next().unwrap())
-        .collect();
-    assert_eq!(clients.len(), 1, "{clients:?}");
-}
-
-#[test]
-fn h2_download_100mib_is_byte_exact() {
-    let pki = TestPki::new();
-    let ng = Nginx::start(&pki);
-    let p = ProxyBuilder::new().upstream_ca(&pki.ca_pem()).spawn();
-    let url = format!("{}/big.bin", ng.https_base());
-    let mut child = Command::new("curl")
-        .args(["-sS", "--max-time", "150", "--http2", "-x", &p.proxy_url()])
-        .args(["--cacert", s(&p.ca_cert()), &url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (sha, n) = sha256_reader(child.stdout.take().unwrap()).unwrap();
-    let st = wait_until(Duration::from_secs(30), || child.try_wait().ok().flatten())
-        .expect("curl did not exit");
-    assert!(st.success(), "curl {st}\n{}", p.dump());
-    let (_, want) = big_file();
-    assert_eq!((sha.as_str(), n), (want.as_str(), BIG_LEN));
-    let re = format!(r": GET {} HTTP/2\.0$", regex::escape(&url));
-    assert!(p.wait_for_stdout(&re, T).is_some(), "{}", p.dump());
-    assert!(ng.wait_access_log("\"GET /big.bin HTTP/2.0\" 200", T));
-}
-
-#[test]
-fn upstream_reset_stream_is_reset_for_the_client_while_siblings_finish() {
-    let pki = TestPki::new();
-    let up = PyServer::h2_only(&pki);
-    let p = json_proxy(&pki);
-    let connect = up.addr.to_string();
+    let connect = up.addr().to_string();
     let proxy = p.addr("regular").to_string();
     let out = run_client(
         H2CLIENT_PY,
@@ -287,7 +134,7 @@ fn upstream_reset_stream_is_reset_for_the_client_while_siblings_finish() {
         "the upstream's ENHANCE_YOUR_CALM must reach the client: {reset}\n{}",
         p.dump()
     );
-    for (path, body) in [("/slow/a", "ok /slow/a\n"), ("/ok/c", "ok /ok/c\n")] {
+    for (path, body) in [("/slow/a", "/slow/a\n"), ("/ok/c", "/ok/c\n")] {
         let s = st(path);
         assert_eq!(
             (s["status"].clone(), s["body_head"].clone()),
@@ -316,9 +163,9 @@ fn upstream_reset_stream_is_reset_for_the_client_while_siblings_finish() {
 #[test]
 fn http1_client_reaches_an_h2_only_upstream() {
     let pki = TestPki::new();
-    let up = PyServer::h2_only(&pki);
+    let up = PyH2::strict(&pki);
     let p = json_proxy(&pki);
-    let base = format!("https://127.0.0.1:{}", up.addr.port());
+    let base = format!("https://127.0.0.1:{}", up.port);
     let ca = p.ca_cert();
     let hdrs = tempfile::NamedTempFile::new().unwrap();
     let (body, version) = curl_version(

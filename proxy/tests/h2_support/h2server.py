@@ -1,22 +1,27 @@
 """HTTP/2-only TLS upstream for the tproxy tests (hyper-h2 + pyOpenSSL).
 
-Usage: h2server.py --host H --port P --tls CERT KEY
+Usage: h2server.py --host H --port P --tls CERT KEY [--alpn-mismatch alert|decline]
 
-ALPN: it accepts only "h2"; a client that offers ALPN without h2 gets the
-fatal no_application_protocol alert (as Go and rustls servers send), and a
-client that offers no ALPN at all is refused after the handshake. So nothing
-but a real HTTP/2 client is ever served.
+ALPN: it speaks only "h2". A client whose ALPN offer lacks h2 gets, with
+`--alpn-mismatch alert`, the fatal no_application_protocol alert (as Go and
+rustls servers send); with `decline` (the default, like Python's ssl module
+and OpenSSL servers) the handshake completes without ALPN. Either way a
+connection that did not negotiate h2 is closed after the handshake, so
+nothing but a real HTTP/2 client is ever served.
 
 Paths (any method):
-  /slow...      200 after 0.5 s, body "ok <path>\\n"
+  /slow...      200 after 0.5 s, body "<path>\\n"
   /reset...     RST_STREAM with ENHANCE_YOUR_CALM (0xb) and no response
+  /hang...      no answer at all
+  /goaway...    200 "bye\\n", then GOAWAY (the socket stays open)
   /trailers...  200, body "body before trailers\\n", then trailer x-check: yes
   /echo...      200, JSON list of the request header fields received, and
                 the request body's size and sha256
-  anything else 200, body "ok <path>\\n"
+  anything else 200, body "<path>\\n"
 Every response carries "x-upstream: h2-only".
 
-Prints "READY <port>" on stdout once listening.
+Prints "READY <port>" on stdout once listening, then one line
+"reset <path> <code>" per stream the client resets.
 """
 import argparse
 import hashlib
@@ -39,13 +44,14 @@ class NoH2(Exception):
     (its NO_OVERLAPPING_PROTOCOLS sentinel only declines ALPN silently)."""
 
 
-def alpn_select(_conn, offered):
-    if b"h2" in offered:
-        return b"h2"
-    raise NoH2("client offered %r, not h2" % offered)
+def context(cert, key, mismatch):
+    def alpn_select(_conn, offered):
+        if b"h2" in offered:
+            return b"h2"
+        if mismatch == "alert":
+            raise NoH2("client offered %r, not h2" % offered)
+        return SSL.NO_OVERLAPPING_PROTOCOLS
 
-
-def context(cert, key):
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate_chain_file(cert)
     ctx.use_privatekey_file(key)
@@ -64,6 +70,7 @@ class Conn:
         self.heads = {}
         self.bodies = {}
         self.due = []  # (when, stream id)
+        self.paths = {}  # stream id -> request head, kept after the answer
 
     def flush(self):
         data = self.h2.data_to_send()
@@ -83,8 +90,14 @@ class Conn:
         body = bytes(self.bodies.pop(sid, b""))
         path = dict(head).get(":path", "/")
         try:
+            if path.startswith("/hang"):
+                return
             if path.startswith("/reset"):
                 self.h2.reset_stream(sid, error_code=0xB)
+            elif path.startswith("/goaway"):
+                self.h2.send_headers(sid, [(":status", "200"), ("content-length", "4")])
+                self.send_body(sid, b"bye\n", True)
+                self.h2.close_connection(last_stream_id=sid)
             elif path.startswith("/trailers"):
                 self.h2.send_headers(
                     sid,
@@ -102,7 +115,7 @@ class Conn:
                         }
                     ).encode()
                 else:
-                    out = ("ok %s\n" % path).encode()
+                    out = ("%s\n" % path).encode()
                 self.h2.send_headers(
                     sid,
                     [
@@ -150,13 +163,16 @@ class Conn:
             for ev in self.h2.receive_data(data):
                 if isinstance(ev, h2.events.RequestReceived):
                     self.heads[ev.stream_id] = [list(h) for h in ev.headers]
+                    self.paths[ev.stream_id] = self.heads[ev.stream_id]
                 elif isinstance(ev, h2.events.DataReceived):
                     self.bodies.setdefault(ev.stream_id, bytearray()).extend(ev.data)
                     self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, h2.events.StreamEnded):
                     self.ended(ev.stream_id)
                 elif isinstance(ev, h2.events.StreamReset):
-                    self.heads.pop(ev.stream_id, None)
+                    head = self.heads.pop(ev.stream_id, None) or self.paths.get(ev.stream_id)
+                    path = dict(head).get(":path") if head else None
+                    print("reset", path, int(ev.error_code), flush=True)
                 elif isinstance(ev, h2.events.ConnectionTerminated):
                     self.flush()
                     return
@@ -184,8 +200,9 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--tls", nargs=2, required=True, metavar=("CERT", "KEY"))
+    ap.add_argument("--alpn-mismatch", choices=["alert", "decline"], default="decline")
     args = ap.parse_args()
-    ctx = context(*args.tls)
+    ctx = context(args.tls[0], args.tls[1], args.alpn_mismatch)
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind((args.host, args.port))
