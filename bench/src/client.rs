@@ -184,7 +184,10 @@ fn open(load: &Load, cfg: &Arc<ClientConfig>, sni: &str) -> Result<Conn, String>
         if !buf.starts_with(b"HTTP/1.1 200") && !buf.starts_with(b"HTTP/1.0 200") {
             return Err(format!(
                 "CONNECT refused: {}",
-                String::from_utf8_lossy(&buf).lines().next().unwrap_or_default()
+                String::from_utf8_lossy(&buf)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
             ));
         }
     }
@@ -218,7 +221,11 @@ pub fn run(ns: &str, load: &Load) -> Result<Measure, String> {
                 let mut errors = 0u64;
                 let mut conn: Option<Conn> = None;
                 let mut buf = Vec::with_capacity(16 * 1024);
-                let close = if load.new_conn { "Connection: close\r\n" } else { "" };
+                let close = if load.new_conn {
+                    "Connection: close\r\n"
+                } else {
+                    ""
+                };
                 let req = format!(
                     "GET {} HTTP/1.1\r\nHost: {UPSTREAM_HOST}\r\n{close}\r\n",
                     load.path
@@ -334,7 +341,10 @@ impl IdleConns {
             let mut conns = Vec::with_capacity(n);
             let mut failed = 0;
             let mut buf = Vec::new();
-            let req = format!("GET {} HTTP/1.1\r\nHost: {UPSTREAM_HOST}\r\n\r\n", load.path);
+            let req = format!(
+                "GET {} HTTP/1.1\r\nHost: {UPSTREAM_HOST}\r\n\r\n",
+                load.path
+            );
             while conns.len() < n && t0.elapsed() < limit && !interrupted() && failed < 100 {
                 let r = (|| -> Result<Conn, String> {
                     let mut c = open(&load, &cfg, UPSTREAM_HOST)?;

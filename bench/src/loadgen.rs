@@ -84,6 +84,11 @@ pub fn wrk(
             .arg(url),
         Duration::from_secs(secs + 60),
     )?;
+    parse_wrk(&out)
+}
+
+/// The numbers from wrk's output (the `BENCH` line of [`WRK_LUA`]).
+pub fn parse_wrk(out: &str) -> Result<Measure, String> {
     let line = out
         .lines()
         .find(|l| l.starts_with("BENCH "))
@@ -134,12 +139,22 @@ pub fn h2load(
         cmd.arg("--h1");
     }
     let out = run_capture(cmd.arg(url), Duration::from_secs(secs + 60))?;
+    let log = std::fs::read_to_string(&logf).unwrap_or_default();
+    parse_h2load(&out, &log, h1)
+}
+
+/// The numbers from h2load's output and its `--log-file` (tab-separated:
+/// start µs, status, duration µs).
+pub fn parse_h2load(out: &str, log: &str, h1: bool) -> Result<Measure, String> {
     if !h1 && !out.contains("Application protocol: h2") {
         let why = out
             .lines()
             .find(|l| l.contains("No protocol negotiated") || l.contains("protocol"))
             .unwrap_or("h2 not negotiated");
-        return Err(format!("h2 not negotiated through this path ({})", why.trim()));
+        return Err(format!(
+            "h2 not negotiated through this path ({})",
+            why.trim()
+        ));
     }
     // "finished in 10.00s, 12345.67 req/s, 1.23MB/s"
     let fin = out
@@ -166,8 +181,7 @@ pub fn h2load(
     };
     let ok = count("succeeded");
     let failed = count("failed") + count("errored") + count("timeout");
-    let lat: Vec<f64> = std::fs::read_to_string(&logf)
-        .unwrap_or_default()
+    let lat: Vec<f64> = log
         .lines()
         .filter_map(|l| l.split('\t').nth(2).and_then(|v| v.trim().parse().ok()))
         .collect();
@@ -221,4 +235,49 @@ pub fn curl_bulk(ns: &str, url: &str, count: usize) -> Result<Measure, String> {
         return Err(format!("every download of {url} failed"));
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentiles(v), (Some(500.0), Some(990.0), Some(999.0)));
+        assert_eq!(percentiles(vec![7.0]), (Some(7.0), Some(7.0), Some(7.0)));
+        assert_eq!(percentiles(Vec::new()), (None, None, None));
+    }
+
+    #[test]
+    fn wrk_line_is_parsed_and_empty_runs_fail() {
+        let out = "Running 1s test @ http://x/\nBENCH requests=1200 duration_us=2000000 errors=3 p50=150 p99=900 p999=1500\n";
+        let m = parse_wrk(out).unwrap();
+        assert_eq!((m.ops, m.errors), (1200, 3));
+        assert!((m.rate() - 600.0).abs() < 1e-9);
+        assert_eq!(
+            (m.p50_us, m.p99_us, m.p999_us),
+            (Some(150.0), Some(900.0), Some(1500.0))
+        );
+        assert!(parse_wrk("BENCH requests=0 duration_us=1 errors=5 p50=0 p99=0 p999=0").is_err());
+        assert!(parse_wrk("unable to connect").is_err());
+    }
+
+    #[test]
+    fn h2load_output_is_parsed_and_h1_fallback_is_refused() {
+        let out = "Application protocol: h2\nfinished in 2.00s, 5000.00 req/s, 1MB/s\n\
+                   requests: 10000 total, 10000 started, 10000 done, 9998 succeeded, 2 failed, 0 errored, 0 timeout\n";
+        let log = "1700000000000000\t200\t100\n1700000000000001\t200\t300\n";
+        let m = parse_h2load(out, log, false).unwrap();
+        assert_eq!((m.ops, m.errors), (9998, 2));
+        assert!((m.secs - 2.0).abs() < 1e-9);
+        assert_eq!(m.p50_us, Some(100.0));
+        let e = parse_h2load(
+            "Application protocol: http/1.1\nfinished in 1.00s",
+            "",
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("not negotiated"), "{e}");
+    }
 }

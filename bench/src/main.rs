@@ -113,8 +113,10 @@ fn resolve_scenarios(names: &[String]) -> Result<Vec<&'static str>, String> {
             .iter()
             .find(|s| s.0 == n || s.1 == n)
             .ok_or_else(|| {
-                let known: Vec<String> =
-                    scenarios::ALL.iter().map(|s| format!("{}/{}", s.0, s.1)).collect();
+                let known: Vec<String> = scenarios::ALL
+                    .iter()
+                    .map(|s| format!("{}/{}", s.0, s.1))
+                    .collect();
                 format!("unknown scenario `{n}`; known: {}", known.join(", "))
             })?;
         if !out.contains(&s.0) {
@@ -161,9 +163,13 @@ fn run(cli: &Cli) -> Result<bool, String> {
         if install {
             setup::ensure_packages()?;
         }
-        for cmd in ["ip", "iptables", "nginx", "wrk", "h2load", "curl", "openssl"] {
+        for cmd in [
+            "ip", "iptables", "nginx", "wrk", "h2load", "curl", "openssl",
+        ] {
             if setup::which(cmd).is_none() {
-                return Err(format!("{cmd} not found (apt-get install iproute2 iptables nginx-light wrk nghttp2-client curl openssl)"));
+                return Err(format!(
+                    "{cmd} not found (apt-get install iproute2 iptables nginx-light wrk nghttp2-client curl openssl)"
+                ));
             }
         }
     }
@@ -186,9 +192,15 @@ fn run(cli: &Cli) -> Result<bool, String> {
         opts.peers = progs.haproxy.is_some() && peers;
     }
     let machine = setup::machine();
-    eprintln!("tproxy-bench: {machine}; tproxy {}; fd limit {nofile}", tproxy_bin.display());
+    eprintln!(
+        "tproxy-bench: {machine}; tproxy {}; fd limit {nofile}",
+        tproxy_bin.display()
+    );
 
-    let out_dir = cli.out.clone().unwrap_or_else(|| setup::workspace().join("bench/results"));
+    let out_dir = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| setup::workspace().join("bench/results"));
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let work = tempfile::Builder::new()
         .prefix("tproxy-bench")
@@ -202,7 +214,11 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let mut broken = Vec::new();
     // The topology only when a root scenario is selected.
     let topo_needed = root && !needs_root.is_empty();
-    let topology = if topo_needed { Some(topo::Topology::new()?) } else { None };
+    let topology = if topo_needed {
+        Some(topo::Topology::new()?)
+    } else {
+        None
+    };
     let pki = upstream::Pki::new(&tproxy_bin)?;
     let _nginx = match &topology {
         Some(t) => Some(upstream::Nginx::start(t, &pki, &[opts.bulk_bytes])?),
@@ -288,7 +304,10 @@ fn run(cli: &Cli) -> Result<bool, String> {
         let p = out_dir.join(name);
         std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
     }
-    eprintln!("tproxy-bench: results in {}/{stamp}.{{json,md}}", out_dir.display());
+    eprintln!(
+        "tproxy-bench: results in {}/{stamp}.{{json,md}}",
+        out_dir.display()
+    );
     for b in &broken {
         eprintln!("tproxy-bench: harness problem: {b}");
     }

@@ -124,3 +124,25 @@ pub fn policy(n: usize, iters: usize) -> Result<(Measure, Measure), String> {
     let hit = run("upstream.test", "https://upstream.test/64.txt", true)?;
     Ok((miss, hit))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_rules_parse_and_only_the_last_one_allows_the_upstream() {
+        for n in [1, 100, 1000] {
+            let p = Policy::from_yaml(&rules_yaml(n)).unwrap();
+            assert_eq!(p.len(), n);
+        }
+        let (miss, hit) = policy(100, 200).unwrap();
+        assert_eq!((miss.ops, hit.ops), (200, 200));
+    }
+
+    #[test]
+    fn mint_measures_misses_and_hits() {
+        let (miss, hit) = mint(KeyKind::EcdsaP256, 5).unwrap();
+        assert_eq!((miss.ops, hit.ops), (5, 250));
+        assert!(miss.p50_us.is_some() && hit.p999_us.is_some());
+    }
+}

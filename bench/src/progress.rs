@@ -63,10 +63,7 @@ impl Progress {
         let filled = (s.done * W).checked_div(s.total).unwrap_or(W);
         let bar: String = "#".repeat(filled) + &".".repeat(W - filled);
         let secs = self.started.elapsed().as_secs();
-        let line = format!(
-            "[{bar}] {}/{} {:>3}s · {}",
-            s.done, s.total, secs, s.detail
-        );
+        let line = format!("[{bar}] {}/{} {:>3}s · {}", s.done, s.total, secs, s.detail);
         let mut err = std::io::stderr().lock();
         if self.tty {
             let cut: String = line.chars().take(110).collect();

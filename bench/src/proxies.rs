@@ -104,7 +104,9 @@ pub fn start<'t>(
     let log = dir.path().join("stderr.log");
     let listen: SocketAddr = if spec.regular {
         SocketAddr::new(
-            NODE_CLIENT_IP.parse().map_err(|_| StartError::Failed("ip".into()))?,
+            NODE_CLIENT_IP
+                .parse()
+                .map_err(|_| StartError::Failed("ip".into()))?,
             REGULAR_PORT,
         )
     } else {

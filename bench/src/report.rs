@@ -45,7 +45,7 @@ fn thousands(v: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -143,7 +143,11 @@ pub fn compute_ratios(rows: &mut [Row]) {
         if !a.ok() || !b.ok() || x <= 0.0 || y <= 0.0 {
             return None;
         }
-        Some(if a.unit.higher_is_better() { x / y } else { y / x })
+        Some(if a.unit.higher_is_better() {
+            x / y
+        } else {
+            y / x
+        })
     };
     for r in rows.iter_mut() {
         let same = |s: &str| {
@@ -151,10 +155,10 @@ pub fn compute_ratios(rows: &mut [Row]) {
                 .iter()
                 .find(|o| o.scenario == r.scenario && o.subject == s && o.ok())
         };
-        if r.subject != "direct" {
-            if let Some(d) = same("direct") {
-                r.vs_direct = ratio(r, d);
-            }
+        if r.subject != "direct"
+            && let Some(d) = same("direct")
+        {
+            r.vs_direct = ratio(r, d);
         }
         if !r.subject.starts_with("tproxy") {
             continue;
@@ -162,10 +166,10 @@ pub fn compute_ratios(rows: &mut [Row]) {
         for peer in PEERS {
             // "tproxy cold" is compared with "mitmdump cold", else "mitmdump".
             let variant = r.subject.replacen("tproxy", peer, 1);
-            if let Some(p) = same(&variant).or_else(|| same(peer)) {
-                if let Some(v) = ratio(r, p) {
-                    r.vs_peers.insert(peer.to_owned(), v);
-                }
+            if let Some(p) = same(&variant).or_else(|| same(peer))
+                && let Some(v) = ratio(r, p)
+            {
+                r.vs_peers.insert(peer.to_owned(), v);
             }
         }
     }
@@ -256,44 +260,129 @@ fn verdict(got: Option<f64>, target: f64, at_least: bool) -> String {
 /// The targets against the rows.
 pub fn targets(rows: &[Row]) -> Vec<Target> {
     let mut out = Vec::new();
-    let mut push = |target: &str, got: Option<f64>, want: f64, at_least: bool, fmt: &dyn Fn(f64) -> String| {
-        out.push(Target {
-            target: target.into(),
-            measured: got.map(fmt).unwrap_or_else(|| "–".into()),
-            verdict: verdict(got, want, at_least),
-        });
-    };
+    let mut push =
+        |target: &str, got: Option<f64>, want: f64, at_least: bool, fmt: &dyn Fn(f64) -> String| {
+            out.push(Target {
+                target: target.into(),
+                measured: got.map(fmt).unwrap_or_else(|| "–".into()),
+                verdict: verdict(got, want, at_least),
+            });
+        };
     let x = |v: f64| format!("{v:.2}×");
     let t1 = find(rows, "1", "tproxy");
-    push("HTTPS interception h1 keep-alive ≥ 0.6× direct", t1.and_then(|r| r.vs_direct), 0.6, true, &x);
-    push("HTTPS interception h1 keep-alive ≥ 80× mitmdump", t1.and_then(|r| r.vs_peers.get("mitmdump").copied()), 80.0, true, &x);
+    push(
+        "HTTPS interception h1 keep-alive ≥ 0.6× direct",
+        t1.and_then(|r| r.vs_direct),
+        0.6,
+        true,
+        &x,
+    );
+    push(
+        "HTTPS interception h1 keep-alive ≥ 80× mitmdump",
+        t1.and_then(|r| r.vs_peers.get("mitmdump").copied()),
+        80.0,
+        true,
+        &x,
+    );
     let t2 = find(rows, "2", "tproxy");
-    push("h2 interception ≥ 60k req/s", t2.and_then(|r| r.value), 60_000.0, true, &|v| format!("{} req/s", thousands(v)));
-    push("h2 interception ≥ 0.65× direct", t2.and_then(|r| r.vs_direct), 0.65, true, &x);
-    push("passthrough bulk ≥ 0.9× direct (splice)", find(rows, "5", "tproxy splice").and_then(|r| r.vs_direct), 0.9, true, &x);
-    push("intercepted bulk ≥ 0.5× direct", find(rows, "6", "tproxy").and_then(|r| r.vs_direct), 0.5, true, &x);
+    push(
+        "h2 interception ≥ 60k req/s",
+        t2.and_then(|r| r.value),
+        60_000.0,
+        true,
+        &|v| format!("{} req/s", thousands(v)),
+    );
+    push(
+        "h2 interception ≥ 0.65× direct",
+        t2.and_then(|r| r.vs_direct),
+        0.65,
+        true,
+        &x,
+    );
+    push(
+        "passthrough bulk ≥ 0.9× direct (splice)",
+        find(rows, "5", "tproxy splice").and_then(|r| r.vs_direct),
+        0.9,
+        true,
+        &x,
+    );
+    push(
+        "intercepted bulk ≥ 0.5× direct",
+        find(rows, "6", "tproxy").and_then(|r| r.vs_direct),
+        0.5,
+        true,
+        &x,
+    );
     let added = match (find(rows, "1h", "tproxy"), find(rows, "1h", "direct")) {
         (Some(t), Some(d)) => t.p99_us.zip(d.p99_us).map(|(a, b)| (a - b) / 1000.0),
         _ => None,
     };
-    push("added p99 latency at half of max load < 1 ms", added, 1.0, false, &|v| format!("{v:.2} ms"));
+    push(
+        "added p99 latency at half of max load < 1 ms",
+        added,
+        1.0,
+        false,
+        &|v| format!("{v:.2} ms"),
+    );
     let small_rss = ["1", "2", "3"]
         .iter()
         .filter_map(|s| find(rows, s, "tproxy").and_then(|r| r.peak_rss_mib))
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    push("proxy RSS ≤ 20 MB under small-request loads (max peak of 1–3)", small_rss, 20.0, false, &|v| format!("{v:.1} MiB"));
+    push(
+        "proxy RSS ≤ 20 MB under small-request loads (max peak of 1–3)",
+        small_rss,
+        20.0,
+        false,
+        &|v| format!("{v:.1} MiB"),
+    );
     let flat = find(rows, "6", "tproxy").and_then(|r| {
         let min = r.rss_series.iter().map(|s| s.1).min()?;
         let max = r.rss_series.iter().map(|s| s.1).max()?;
         Some((max - min) as f64 / 1024.0)
     });
-    push("RSS flat (±10 MB) while streaming 100 MiB bodies (max − min)", flat, 10.0, false, &|v| format!("{v:.1} MiB"));
-    push("≤ 10 KiB per idle connection (TLS, after one request)", find(rows, "7", "tproxy tls").and_then(|r| r.value), 10.0, false, &|v| format!("{v:.1} KiB"));
-    push("≤ 10 KiB per idle connection (plain TCP, nothing sent)", find(rows, "7", "tproxy tcp").and_then(|r| r.value), 10.0, false, &|v| format!("{v:.1} KiB"));
-    push("new TLS connections through the proxy ≥ 5,000/s (warm cache)", find(rows, "4", "tproxy warm").and_then(|r| r.value), 5000.0, true, &|v| format!("{} conn/s", thousands(v)));
+    push(
+        "RSS flat (±10 MB) while streaming 100 MiB bodies (max − min)",
+        flat,
+        10.0,
+        false,
+        &|v| format!("{v:.1} MiB"),
+    );
+    push(
+        "≤ 10 KiB per idle connection (TLS, after one request)",
+        find(rows, "7", "tproxy tls").and_then(|r| r.value),
+        10.0,
+        false,
+        &|v| format!("{v:.1} KiB"),
+    );
+    push(
+        "≤ 10 KiB per idle connection (plain TCP, nothing sent)",
+        find(rows, "7", "tproxy tcp").and_then(|r| r.value),
+        10.0,
+        false,
+        &|v| format!("{v:.1} KiB"),
+    );
+    push(
+        "new TLS connections through the proxy ≥ 5,000/s (warm cache)",
+        find(rows, "4", "tproxy warm").and_then(|r| r.value),
+        5000.0,
+        true,
+        &|v| format!("{} conn/s", thousands(v)),
+    );
     let us = |v: f64| format!("{v:.2} µs");
-    push("leaf mint on miss ≤ 50 µs (P-256, mean)", find(rows, "9", "mint miss P-256").and_then(|r| r.value), 50.0, false, &us);
-    push("leaf mint hit ≤ 1 µs (mean)", find(rows, "9", "mint hit P-256").and_then(|r| r.value), 1.0, false, &us);
+    push(
+        "leaf mint on miss ≤ 50 µs (P-256, mean)",
+        find(rows, "9", "mint miss P-256").and_then(|r| r.value),
+        50.0,
+        false,
+        &us,
+    );
+    push(
+        "leaf mint hit ≤ 1 µs (mean)",
+        find(rows, "9", "mint hit P-256").and_then(|r| r.value),
+        1.0,
+        false,
+        &us,
+    );
     out
 }
 
@@ -304,4 +393,54 @@ pub fn targets_markdown(t: &[Target]) -> String {
         let _ = writeln!(s, "| {} | {} | {} |", t.target, t.measured, t.verdict);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(s: &str, subject: &str, unit: Unit, v: f64) -> Row {
+        let mut r = Row::new(s, "t", subject, unit);
+        r.value = Some(v);
+        r
+    }
+
+    #[test]
+    fn ratios_compare_with_direct_and_the_matching_peer_variant() {
+        let mut rows = vec![
+            row("4", "direct", Unit::ConnPerSec, 1000.0),
+            row("4", "tproxy cold", Unit::ConnPerSec, 500.0),
+            row("4", "mitmdump cold", Unit::ConnPerSec, 10.0),
+            row("4", "mitmdump warm", Unit::ConnPerSec, 20.0),
+            row("7", "tproxy tcp", Unit::KibPerConn, 5.0),
+            row("7", "mitmdump tcp", Unit::KibPerConn, 20.0),
+        ];
+        let mut failed = row("4", "tproxy warm", Unit::ConnPerSec, 900.0);
+        failed.status = "failed: x".into();
+        rows.push(failed);
+        compute_ratios(&mut rows);
+        assert_eq!(rows[1].vs_direct, Some(0.5));
+        assert_eq!(rows[1].vs_peers.get("mitmdump"), Some(&50.0));
+        // Lower is better: 4× less memory than mitmdump is 4×.
+        assert_eq!(rows[4].vs_peers.get("mitmdump"), Some(&4.0));
+        assert_eq!(rows[6].vs_direct, None);
+        assert!(rows[2].vs_peers.is_empty(), "peers get no peer ratios");
+        let md = markdown(&rows);
+        assert!(md.contains("| 4 | t | tproxy cold | 500 conn/s |"), "{md}");
+        assert!(md.contains("failed: x"), "{md}");
+    }
+
+    #[test]
+    fn verdicts_say_by_how_much() {
+        assert_eq!(verdict(Some(0.3), 0.6, true), "missed by 50 %");
+        assert_eq!(verdict(Some(0.7), 0.6, true), "met");
+        assert_eq!(verdict(Some(75.0), 50.0, false), "missed by 50 %");
+        assert_eq!(verdict(None, 1.0, false), "not measured");
+        let t = targets(&[row("9", "mint miss P-256", Unit::MicrosPerOp, 40.0)]);
+        let m = t
+            .iter()
+            .find(|t| t.target.starts_with("leaf mint on miss"))
+            .unwrap();
+        assert_eq!(m.verdict, "met");
+    }
 }

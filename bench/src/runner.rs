@@ -78,7 +78,9 @@ impl<'a> Bench<'a> {
         let c = &self.topo.client;
         match work {
             Work::Wrk(url) => loadgen::wrk(c, &self.lua, url, self.opts.connections, secs),
-            Work::H2load(url, conns, streams) => loadgen::h2load(c, url, *conns, *streams, secs, false),
+            Work::H2load(url, conns, streams) => {
+                loadgen::h2load(c, url, *conns, *streams, secs, false)
+            }
             Work::Client(load) => {
                 let mut l = load.clone();
                 l.duration = Duration::from_secs(secs);
@@ -99,7 +101,8 @@ impl<'a> Bench<'a> {
         spec: Option<&Spec>,
         work: &Work,
     ) -> Row {
-        self.progress.detail(&format!("{scenario} {title}: {label}"));
+        self.progress
+            .detail(&format!("{scenario} {title}: {label}"));
         let mut row = Row::new(scenario, title, label, unit);
         let running = match spec {
             None => None,
@@ -180,7 +183,12 @@ impl<'a> Bench<'a> {
         )
         .map_err(|e| match e {
             StartError::Unsupported(log) => {
-                format!("n/a (flag not supported by this tproxy: {})", one_line(&log))
+                let why = log
+                    .lines()
+                    .find(|l| l.contains("error"))
+                    .map(one_line)
+                    .unwrap_or_else(|| one_line(&log));
+                format!("n/a (flag not supported by this tproxy: {why})")
             }
             StartError::Missing(m) => format!("n/a ({m})"),
             StartError::Failed(m) => format!("failed: {}", one_line(&m)),

@@ -23,14 +23,29 @@ pub const ALL: &[(&str, &str, &str, bool)] = &[
     ("8", "policy", "policy cost, 1/100/1000 rules", false),
     ("1", "h1", "HTTPS interception, h1 keep-alive, 64 B", true),
     ("3", "http", "plain HTTP, h1 keep-alive, 64 B", true),
-    ("1r", "regular", "regular mode (CONNECT), HTTPS h1 keep-alive, 64 B", true),
+    (
+        "1r",
+        "regular",
+        "regular mode (CONNECT), HTTPS h1 keep-alive, 64 B",
+        true,
+    ),
     ("5", "passthrough", "passthrough bulk, splice vs copy", true),
     ("6", "bulk", "intercepted bulk", true),
     ("4", "handshake", "new TLS connection per request", true),
     ("7", "idle", "idle client connections", true),
     ("2", "h2", "HTTPS interception, h2 multiplexed, 64 B", true),
-    ("1h", "halfload", "latency at half of max load, HTTPS h1", true),
-    ("obs", "observability", "observability cost (metrics + OTLP traces)", true),
+    (
+        "1h",
+        "halfload",
+        "latency at half of max load, HTTPS h1",
+        true,
+    ),
+    (
+        "obs",
+        "observability",
+        "observability cost (metrics + OTLP traces)",
+        true,
+    ),
 ];
 
 /// Title of a scenario id.
@@ -56,7 +71,13 @@ impl Bench<'_> {
         match id {
             "9" => self.mint(t),
             "8" => self.policy(t),
-            "1" => self.trio(id, t, Unit::ReqPerSec, &Work::Wrk(https_url(SMALL_PATH)), &[]),
+            "1" => self.trio(
+                id,
+                t,
+                Unit::ReqPerSec,
+                &Work::Wrk(https_url(SMALL_PATH)),
+                &[],
+            ),
             "3" => {
                 let w = Work::Wrk(format!("http://{UPSTREAM_HOST}{SMALL_PATH}"));
                 self.trio(id, t, Unit::ReqPerSec, &w, &[]);
@@ -176,7 +197,14 @@ impl Bench<'_> {
         let r = self.measure("4", t, Unit::ConnPerSec, "direct", None, &warm);
         self.rows.push(r);
         for (label, w) in [("tproxy warm", &warm), ("tproxy cold", &cold)] {
-            let r = self.measure("4", t, Unit::ConnPerSec, label, Some(&tproxy(label, &[])), w);
+            let r = self.measure(
+                "4",
+                t,
+                Unit::ConnPerSec,
+                label,
+                Some(&tproxy(label, &[])),
+                w,
+            );
             self.rows.push(r);
         }
         for (label, w) in [("mitmdump warm", &warm), ("mitmdump cold", &cold)] {
@@ -201,6 +229,7 @@ impl Bench<'_> {
         let max = match max {
             Some(m) => m,
             None => {
+                // Scenario 1 did not run: measure tproxy's maximum first.
                 let r = self.measure(
                     "1h",
                     t,
@@ -209,11 +238,12 @@ impl Bench<'_> {
                     Some(&tproxy("tproxy", &[])),
                     &Work::Wrk(https_url(SMALL_PATH)),
                 );
-                let v = r.value;
-                self.rows.push(r);
-                match v {
+                match r.value.filter(|_| r.ok()) {
                     Some(v) => v,
-                    None => return,
+                    None => {
+                        self.rows.push(r);
+                        return;
+                    }
                 }
             }
         };
@@ -222,11 +252,24 @@ impl Bench<'_> {
         let w = Work::Client(load);
         let r = self.measure("1h", t, Unit::ReqPerSec, "direct", None, &w);
         self.rows.push(r);
-        let r = self.measure("1h", t, Unit::ReqPerSec, "tproxy", Some(&tproxy("tproxy", &[])), &w);
+        let r = self.measure(
+            "1h",
+            t,
+            Unit::ReqPerSec,
+            "tproxy",
+            Some(&tproxy("tproxy", &[])),
+            &w,
+        );
         self.rows.push(r);
         let (d, p) = (
-            self.rows.iter().rev().find(|r| r.scenario == "1h" && r.subject == "direct"),
-            self.rows.iter().rev().find(|r| r.scenario == "1h" && r.subject == "tproxy"),
+            self.rows
+                .iter()
+                .rev()
+                .find(|r| r.scenario == "1h" && r.subject == "direct"),
+            self.rows
+                .iter()
+                .rev()
+                .find(|r| r.scenario == "1h" && r.subject == "tproxy"),
         );
         let added = match (d.and_then(|r| r.p99_us), p.and_then(|r| r.p99_us)) {
             (Some(a), Some(b)) => Some(b - a),
@@ -238,7 +281,10 @@ impl Bench<'_> {
             .rev()
             .find(|r| r.scenario == "1h" && r.subject == "tproxy")
         {
-            r.add_note(&format!("offered {:.0} req/s (half of tproxy max {max:.0})", max / 2.0));
+            r.add_note(&format!(
+                "offered {:.0} req/s (half of tproxy max {max:.0})",
+                max / 2.0
+            ));
             if let Some(a) = added {
                 r.add_note(&format!("added p99 {:.2} ms", a / 1000.0));
             }
@@ -265,7 +311,10 @@ impl Bench<'_> {
         on.env
             .push(("OTEL_TRACES_SAMPLER".into(), "always_on".into()));
         let mut r = self.measure("obs", t, Unit::ReqPerSec, "tproxy obs on", Some(&on), &w);
-        r.add_note(&format!("OTLP export requests received: {}", sink.exports()));
+        r.add_note(&format!(
+            "OTLP export requests received: {}",
+            sink.exports()
+        ));
         drop(sink);
         let offv = self
             .rows
@@ -310,7 +359,14 @@ impl Bench<'_> {
             let pid = running.proc.pid();
             let target = Bench::upstream_addr(port);
             // Warm: a few connections so lazily built state exists.
-            let warm = IdleConns::open(&self.topo.client, target, tls, request, 20, Duration::from_secs(10));
+            let warm = IdleConns::open(
+                &self.topo.client,
+                target,
+                tls,
+                request,
+                20,
+                Duration::from_secs(10),
+            );
             drop(warm);
             std::thread::sleep(Duration::from_millis(500));
             let before = status_kib(pid, "VmRSS");
@@ -324,7 +380,11 @@ impl Bench<'_> {
                         row.add_note(&format!(
                             "{} connections{}, RSS {:.1} → {:.1} MiB",
                             conns.len(),
-                            if request { " after one request each" } else { ", nothing sent" },
+                            if request {
+                                " after one request each"
+                            } else {
+                                ", nothing sent"
+                            },
                             a as f64 / 1024.0,
                             b as f64 / 1024.0
                         ));
@@ -374,12 +434,22 @@ impl Bench<'_> {
                 vec!["--rules".into(), file.display().to_string()]
             };
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut r = self.measure("8", t, Unit::ReqPerSec, &label, Some(&tproxy(&label, &argv)), &w);
+            let mut r = self.measure(
+                "8",
+                t,
+                Unit::ReqPerSec,
+                &label,
+                Some(&tproxy(&label, &argv)),
+                &w,
+            );
             match (n, r.value.filter(|_| r.ok())) {
                 (0, v) => base = v,
                 (_, Some(v)) => {
                     if let Some(b) = base {
-                        r.add_note(&format!("{:.2}× of no rules (plain HTTP, end to end)", v / b));
+                        r.add_note(&format!(
+                            "{:.2}× of no rules (plain HTTP, end to end)",
+                            v / b
+                        ));
                     }
                 }
                 _ => {}
@@ -421,9 +491,16 @@ pub fn nofile_limit() -> u64 {
 pub fn mint_rows(t: &str, opts: &Opts, progress: &Progress, broken: &mut Vec<String>) -> Vec<Row> {
     let mut rows = Vec::new();
     let n = opts.mint_n;
-    for (kind, name) in [(KeyKind::EcdsaP256, "P-256"), (KeyKind::Rsa2048, "RSA-2048")] {
+    for (kind, name) in [
+        (KeyKind::EcdsaP256, "P-256"),
+        (KeyKind::Rsa2048, "RSA-2048"),
+    ] {
         progress.detail(&format!("9 {t}: {name}"));
-        let n = if kind == KeyKind::Rsa2048 { (n / 10).max(20) } else { n };
+        let n = if kind == KeyKind::Rsa2048 {
+            (n / 10).max(20)
+        } else {
+            n
+        };
         match micro::mint(kind, n) {
             Ok((miss, hit)) => {
                 for (what, m) in [("miss", miss), ("hit", hit)] {
@@ -456,7 +533,12 @@ pub fn policy_rows(t: &str, opts: &Opts, progress: &Progress) -> Vec<Row> {
         match micro::policy(n, opts.policy_iters) {
             Ok((miss, hit)) => {
                 for (what, m) in [("no rule matches", miss), ("last rule matches", hit)] {
-                    let mut r = Row::new("8", t, &format!("decide {n} rules, {what}"), Unit::MicrosPerOp);
+                    let mut r = Row::new(
+                        "8",
+                        t,
+                        &format!("decide, {n} rule{}, {what}", if n == 1 { "" } else { "s" }),
+                        Unit::MicrosPerOp,
+                    );
                     r.value = Some(m.secs * 1e6 / m.ops.max(1) as f64);
                     r.add_note("micro-benchmark, per request");
                     r.measure = Some(m);

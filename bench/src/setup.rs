@@ -101,11 +101,20 @@ pub fn mitmdump(install: bool) -> Result<Option<PathBuf>, String> {
     let venv = ws.join("target/bench-venv");
     eprintln!("setup: creating {} with mitmproxy (pip)", venv.display());
     let long = Duration::from_secs(900);
-    run_capture(Command::new("python3").args(["-m", "venv"]).arg(&venv), long)
-        .map_err(|e| format!("python3 -m venv (apt-get install python3-venv?): {e}"))?;
     run_capture(
-        Command::new(venv.join("bin/python"))
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "mitmproxy"]),
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        long,
+    )
+    .map_err(|e| format!("python3 -m venv (apt-get install python3-venv?): {e}"))?;
+    run_capture(
+        Command::new(venv.join("bin/python")).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "mitmproxy",
+        ]),
         long,
     )?;
     let p = venv.join("bin/mitmdump");
@@ -125,7 +134,10 @@ pub fn tproxy(given: Option<&Path>) -> Result<PathBuf, String> {
     let ws = workspace();
     let p = ws.join("target/release/tproxy");
     if !p.is_file() {
-        eprintln!("setup: building {} (cargo build --release -p tproxy)", p.display());
+        eprintln!(
+            "setup: building {} (cargo build --release -p tproxy)",
+            p.display()
+        );
         run_capture(
             Command::new("cargo")
                 .current_dir(&ws)
@@ -187,6 +199,9 @@ pub fn machine() -> String {
     format!(
         "{n} × {cpu}, {mem}, Linux {}, load average at start {}",
         kernel.trim(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     )
 }

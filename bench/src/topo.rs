@@ -116,15 +116,39 @@ impl Topology {
             "netns",
             u,
         ])?;
-        ip(&["-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            c,
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", c, "link", "set", "eth0", "up"])?;
         ip(&["-n", c, "route", "add", "default", "via", NODE_CLIENT_IP])?;
         let node_if = format!("{NODE_CLIENT_IP}/24");
         ip(&["-n", n, "addr", "add", &node_if, "dev", NODE_CLIENT_IF])?;
-        ip(&["-n", n, "addr", "add", "198.18.2.1/24", "dev", "to-upstream"])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            "198.18.2.1/24",
+            "dev",
+            "to-upstream",
+        ])?;
         ip(&["-n", n, "link", "set", NODE_CLIENT_IF, "up"])?;
         ip(&["-n", n, "link", "set", "to-upstream", "up"])?;
-        ip(&["-n", u, "addr", "add", &format!("{UPSTREAM_IP}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            u,
+            "addr",
+            "add",
+            &format!("{UPSTREAM_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", u, "link", "set", "eth0", "up"])?;
         ip(&["-n", u, "route", "add", "default", "via", "198.18.2.1"])?;
         run_capture(

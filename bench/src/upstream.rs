@@ -144,8 +144,8 @@ impl Nginx {
         let d = dir.path();
         let www = d.join("www");
         std::fs::create_dir_all(&www).map_err(|e| format!("{}: {e}", www.display()))?;
-        let small = "tproxy bench 64-byte response body: 0123456789abcdefghijklmno\n";
-        debug_assert_eq!(small.len(), 64);
+        // Exactly 64 bytes: 63 characters and a newline.
+        let small = format!("{:-<63}\n", "tproxy bench 64-byte response body ");
         std::fs::write(www.join("64.txt"), small).map_err(|e| format!("64.txt: {e}"))?;
         for size in bulk_sizes {
             let f = std::fs::File::create(www.join(bulk_name(*size)))
