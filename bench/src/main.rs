@@ -174,7 +174,13 @@ fn run(cli: &Cli) -> Result<bool, String> {
         }
     }
     let nofile = setup::raise_nofile();
-    let tproxy_bin = setup::tproxy(cli.tproxy.as_deref())?;
+    // The topology (and so tproxy, nginx, peers) only when a root scenario runs.
+    let topo_needed = root && !needs_root.is_empty();
+    let tproxy_bin = if topo_needed || cli.tproxy.is_some() {
+        setup::tproxy(cli.tproxy.as_deref())?
+    } else {
+        PathBuf::from("(not needed)")
+    };
     let peers = opts.peers && root;
     let progs = proxies::Programs {
         tproxy: tproxy_bin.clone(),
@@ -187,7 +193,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         haproxy: if peers { setup::which("haproxy") } else { None },
     };
     let mut opts = opts;
-    if opts.peers && progs.mitmdump.is_none() {
+    if peers && progs.mitmdump.is_none() {
         eprintln!("tproxy-bench: mitmdump not installed: peer rows skipped");
         opts.peers = progs.haproxy.is_some() && peers;
     }
@@ -212,22 +218,23 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let progress = Progress::new(selected.len());
     let mut rows = Vec::new();
     let mut broken = Vec::new();
-    // The topology only when a root scenario is selected.
-    let topo_needed = root && !needs_root.is_empty();
     let topology = if topo_needed {
         Some(topo::Topology::new()?)
     } else {
         None
     };
-    let pki = upstream::Pki::new(&tproxy_bin)?;
-    let _nginx = match &topology {
-        Some(t) => Some(upstream::Nginx::start(t, &pki, &[opts.bulk_bytes])?),
+    let pki = match &topology {
+        Some(_) => Some(upstream::Pki::new(&tproxy_bin)?),
         None => None,
     };
-    if let Some(t) = &topology {
+    let _nginx = match (&topology, &pki) {
+        (Some(t), Some(p)) => Some(upstream::Nginx::start(t, p, &[opts.bulk_bytes])?),
+        _ => None,
+    };
+    if let (Some(t), Some(pki)) = (&topology, &pki) {
         let mut bench = Bench {
             topo: t,
-            pki: &pki,
+            pki,
             progs: &progs,
             opts: &opts,
             lua: lua.clone(),

@@ -162,7 +162,7 @@ pub fn start<'t>(
             std::fs::write(
                 &cfg,
                 format!(
-                    "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 10s\n  \
+                    "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 10s\n  \
                      timeout client 600s\n  timeout server 600s\nlisten pass\n  \
                      bind 0.0.0.0:{TRANSPARENT_PORT}\n  server up {}:443\n",
                     crate::topo::UPSTREAM_IP
