@@ -423,7 +423,7 @@ impl Bench<'_> {
         let w = Work::Wrk(format!("http://{UPSTREAM_HOST}{SMALL_PATH}"));
         let mut base = None;
         for n in [0usize, 1, 1000] {
-            let label = format!("tproxy {n} rules");
+            let label = format!("tproxy {n} rule{}", if n == 1 { "" } else { "s" });
             let file = dir.path().join(format!("rules-{n}.yaml"));
             let args: Vec<String> = if n == 0 {
                 Vec::new()
