@@ -297,7 +297,7 @@ impl Bench<'_> {
         let r = self.measure("obs", t, Unit::ReqPerSec, "tproxy obs off", Some(&off), &w);
         self.rows.push(r);
         let port = 4318;
-        let sink = match Sink::start(&self.topo.node, port) {
+        let sink = match Sink::start(Some(&self.topo.node), port) {
             Ok(s) => s,
             Err(e) => {
                 let mut r = Row::new("obs", t, "tproxy obs on", Unit::ReqPerSec);

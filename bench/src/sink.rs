@@ -15,27 +15,34 @@ use crate::topo::enter_netns;
 pub struct Sink {
     stop: Arc<AtomicBool>,
     exports: Arc<AtomicU64>,
+    port: u16,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Sink {
-    /// Listens on 127.0.0.1:`port` inside namespace `ns`.
-    pub fn start(ns: &str, port: u16) -> Result<Sink, String> {
+    /// Listens on 127.0.0.1:`port` inside namespace `ns` (None: the bench's
+    /// own namespace; port 0: any free port, see [`Sink::port`]).
+    pub fn start(ns: Option<&str>, port: u16) -> Result<Sink, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let exports = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
-        let path = format!("/run/netns/{ns}");
+        let path = ns.map(|ns| format!("/run/netns/{ns}"));
         let (s, e) = (Arc::clone(&stop), Arc::clone(&exports));
         let handle = std::thread::spawn(move || {
-            let l = enter_netns(&path).and_then(|()| {
+            let l = match path.as_deref() {
+                Some(p) => enter_netns(p),
+                None => Ok(()),
+            }
+            .and_then(|()| {
                 TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("OTLP sink bind: {e}"))
             });
             let l = match l.and_then(|l| {
                 l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                Ok(l)
+                let port = l.local_addr().map_err(|e| e.to_string())?.port();
+                Ok((l, port))
             }) {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
+                Ok((l, port)) => {
+                    let _ = tx.send(Ok(port));
                     l
                 }
                 Err(err) => {
@@ -57,13 +64,20 @@ impl Sink {
                 let _ = w.join();
             }
         });
-        rx.recv_timeout(Duration::from_secs(5))
+        let port = rx
+            .recv_timeout(Duration::from_secs(5))
             .map_err(|_| "OTLP sink did not start".to_owned())??;
         Ok(Sink {
             stop,
             exports,
+            port,
             handle: Some(handle),
         })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Export requests received so far.
@@ -121,5 +135,34 @@ fn serve(mut c: TcpStream, stop: &AtomicBool, exports: &AtomicU64) {
         if buf.len() > 64 * 1024 * 1024 {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_answers_keep_alive_posts_and_counts_them() {
+        let sink = Sink::start(None, 0).unwrap();
+        let mut c = TcpStream::connect(("127.0.0.1", sink.port())).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let body = [7u8; 3000];
+        for _ in 0..2 {
+            let head = format!(
+                "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(&body).unwrap();
+            let mut buf = [0u8; 256];
+            let n = c.read(&mut buf).unwrap();
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 200 OK"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        assert_eq!(sink.exports(), 2);
     }
 }
