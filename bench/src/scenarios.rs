@@ -296,8 +296,7 @@ impl Bench<'_> {
         let off = tproxy("tproxy obs off", &["--metrics=false"]);
         let r = self.measure("obs", t, Unit::ReqPerSec, "tproxy obs off", Some(&off), &w);
         self.rows.push(r);
-        let port = 4318;
-        let sink = match Sink::start(Some(&self.topo.node), port) {
+        let sink = match Sink::start(Some(&self.topo.node), 0) {
             Ok(s) => s,
             Err(e) => {
                 let mut r = Row::new("obs", t, "tproxy obs on", Unit::ReqPerSec);
@@ -306,7 +305,7 @@ impl Bench<'_> {
                 return;
             }
         };
-        let endpoint = format!("http://127.0.0.1:{port}/v1/traces");
+        let endpoint = format!("http://127.0.0.1:{}/v1/traces", sink.port());
         let mut on = tproxy("tproxy obs on", &["--otlp-endpoint", &endpoint]);
         on.env
             .push(("OTEL_TRACES_SAMPLER".into(), "always_on".into()));
