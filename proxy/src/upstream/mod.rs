@@ -1,6 +1,8 @@
 //! Upstream connections: name resolution off the worker thread, connect with
 //! a timeout, TLS towards the server, and the per-worker keep-alive pool.
 
+pub mod idle;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -12,6 +14,7 @@ use rustls_pki_types::ServerName;
 
 use crate::net::stream::{Tcp, UpstreamIo, idle_socket_usable};
 use crate::worker::Worker;
+use idle::IdleSet;
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -90,16 +93,33 @@ pub struct ConnectTimings {
     pub tls: Option<Duration>,
 }
 
-/// Per-worker pool of idle upstream connections.
-#[derive(Debug, Default)]
+/// Per-worker pool of idle upstream connections (bounded per destination
+/// and in total, see [`idle`]) and the worker's DNS cache.
+#[derive(Debug)]
 pub struct Pool {
-    idle: HashMap<Target, Vec<(UpstreamConn, Instant)>>,
+    idle: IdleSet<Target, UpstreamConn>,
     dns: HashMap<String, (Vec<IpAddr>, Instant)>,
 }
 
 const MAX_IDLE_PER_TARGET: usize = 32;
+/// Idle upstream connections per worker, all destinations together.
+const MAX_IDLE_TOTAL: usize = 256;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DNS_TTL: Duration = Duration::from_secs(30);
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self {
+            idle: IdleSet::new(MAX_IDLE_PER_TARGET, MAX_IDLE_TOTAL),
+            dns: HashMap::new(),
+        }
+    }
+}
+
+/// Whether a pooled connection may still be used.
+fn still_usable(conn: &UpstreamConn, since: Instant) -> bool {
+    since.elapsed() < POOL_IDLE_TIMEOUT && idle_socket_usable(conn.io.tcp())
+}
 
 impl Pool {
     /// A usable idle connection to `target`, if any. Connections found dead
@@ -109,55 +129,28 @@ impl Pool {
         target: &Target,
         closed: &mut Vec<UpstreamConn>,
     ) -> Option<UpstreamConn> {
-        let list = self.idle.get_mut(target)?;
-        while let Some((mut conn, since)) = list.pop() {
-            if since.elapsed() < POOL_IDLE_TIMEOUT && idle_socket_usable(conn.io.tcp()) {
-                conn.reused = true;
-                return Some(conn);
-            }
-            closed.push(conn);
-        }
-        None
+        let mut conn = self.idle.take(target, still_usable, closed)?;
+        conn.reused = true;
+        Some(conn)
     }
 
-    /// Keep a connection for reuse after a complete exchange; returns it
-    /// when the pool for its target is full (the caller closes it).
+    /// Keep a connection for reuse after a complete exchange; returns the
+    /// connection the caller must close: this one when its target already
+    /// has enough idle ones, or the longest-idle one when the pool is full.
     pub fn put(&mut self, conn: UpstreamConn) -> Option<UpstreamConn> {
-        let list = self.idle.entry(conn.target.clone()).or_default();
-        if list.len() < MAX_IDLE_PER_TARGET {
-            list.push((conn, Instant::now()));
-            None
-        } else {
-            Some(conn)
-        }
+        self.idle.put(conn.target.clone(), conn)
     }
 
     /// Remove idle connections past their timeout or closed by the server
     /// (called periodically); returns them.
     pub fn sweep(&mut self) -> Vec<UpstreamConn> {
-        let mut closed = Vec::new();
-        for list in self.idle.values_mut() {
-            let mut keep = Vec::with_capacity(list.len());
-            for (conn, since) in list.drain(..) {
-                if since.elapsed() < POOL_IDLE_TIMEOUT && idle_socket_usable(conn.io.tcp()) {
-                    keep.push((conn, since));
-                } else {
-                    closed.push(conn);
-                }
-            }
-            *list = keep;
-        }
-        self.idle.retain(|_, list| !list.is_empty());
         self.dns.retain(|_, (_, at)| at.elapsed() < DNS_TTL);
-        closed
+        self.idle.sweep(still_usable)
     }
 
     /// Remove every idle connection (shutdown); returns them.
     pub fn clear(&mut self) -> Vec<UpstreamConn> {
-        self.idle
-            .drain()
-            .flat_map(|(_, l)| l.into_iter().map(|(c, _)| c))
-            .collect()
+        self.idle.drain()
     }
 }
 
