@@ -386,6 +386,16 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
         false,
         &us,
     );
+    let obs = |subject: &str| find(rows, "obs", subject).and_then(|r| r.value);
+    push(
+        "per-pod metrics pipeline costs < 3 % of throughput (metrics only ≥ 0.97× of off)",
+        obs("tproxy metrics only")
+            .zip(obs("tproxy obs off"))
+            .map(|(a, b)| a / b),
+        0.97,
+        true,
+        &x,
+    );
     out
 }
 
