@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::net::listener::bind_all;
 use crate::tls::ca::{CertificateAuthority, trust_instructions};
 use crate::tls::certcache::CertCache;
-use crate::tls::upstream::{UpstreamTlsOptions, client_config};
+use crate::tls::upstream::UpstreamTlsOptions;
 use crate::worker::{self, Shared};
 
 /// A start-up failure, said so the user can fix it.
@@ -53,13 +53,6 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     }
     let ca = Arc::new(ca);
     let certs = CertCache::new(ca.clone(), cfg.cert_cache_size)?;
-    let upstream_tls = client_config(
-        &UpstreamTlsOptions {
-            insecure: cfg.ssl_insecure,
-            extra_roots: cfg.upstream_ca.clone(),
-        },
-        vec![b"http/1.1".to_vec()],
-    )?;
     let upstream_alpn = crate::tls::upstream::UpstreamAlpn::new(&UpstreamTlsOptions {
         insecure: cfg.ssl_insecure,
         extra_roots: cfg.upstream_ca.clone(),
@@ -131,7 +124,6 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         cfg,
         ca,
         certs,
-        upstream_tls,
         flowlog: flowlog.clone(),
         metrics,
         listen_addrs,

@@ -23,8 +23,6 @@ pub struct Shared {
     pub cfg: Config,
     pub ca: Arc<CertificateAuthority>,
     pub certs: CertCache,
-    /// Upstream client config offering http/1.1.
-    pub upstream_tls: Arc<rustls::ClientConfig>,
     pub flowlog: FlowLog,
     pub metrics: Metrics,
     /// Addresses our listeners are bound to (loop guard).

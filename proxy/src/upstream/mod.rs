@@ -13,6 +13,7 @@ use monoio::net::TcpStream;
 use rustls_pki_types::ServerName;
 
 use crate::net::stream::{Tcp, UpstreamIo, idle_socket_usable};
+use crate::tls::upstream::ALPN_H1;
 use crate::worker::Worker;
 use idle::IdleSet;
 
@@ -264,7 +265,7 @@ pub async fn connect(
     target: &Target,
     client: SocketAddr,
 ) -> Result<(UpstreamConn, ConnectTimings), UpstreamError> {
-    let tls = worker.shared.upstream_tls.clone();
+    let tls = worker.shared.upstream_alpn.for_offer(&[ALPN_H1]);
     connect_with(worker, target, client, tls).await
 }
 
