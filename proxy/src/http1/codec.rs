@@ -91,6 +91,10 @@ impl Headers {
             .flat_map(list_elements)
             .any(|e| e.eq_ignore_ascii_case(token.as_bytes()))
     }
+    /// The options the `Connection` fields name (hop-by-hop, RFC 9110 §7.6.1).
+    pub fn connection_options(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all("connection").flat_map(list_elements)
+    }
     /// All fields in order, names in their original case.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
@@ -416,11 +420,7 @@ pub fn remove_hop_by_hop(headers: &mut Headers, keep_framing: bool) {
             || name.eq_ignore_ascii_case("host")
             || (keep_framing && name.eq_ignore_ascii_case("transfer-encoding"))
     };
-    let named: Vec<Vec<u8>> = headers
-        .get_all("connection")
-        .flat_map(list_elements)
-        .map(<[u8]>::to_vec)
-        .collect();
+    let named: Vec<Vec<u8>> = headers.connection_options().map(<[u8]>::to_vec).collect();
     headers.entries.retain(|(name, _)| {
         if protected(name) {
             return true;

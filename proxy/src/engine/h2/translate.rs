@@ -56,27 +56,21 @@ pub fn request_head(parts: &http::request::Parts) -> RequestHead {
     }
 }
 
-/// Whether a field must not be forwarded into HTTP/2. `named` are the tokens
-/// of the message's `Connection` fields (also hop-by-hop).
-fn drop_for_h2(name: &str, named: &[String]) -> bool {
+/// Whether a field must not be forwarded into HTTP/2. `named` are the
+/// options of the message's `Connection` fields (also hop-by-hop).
+fn drop_for_h2(name: &str, named: &[&[u8]]) -> bool {
     CONNECTION_SPECIFIC
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))
-        || named.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-fn connection_tokens(h: &Headers) -> Vec<String> {
-    h.get_all("connection")
-        .flat_map(|v| v.split(|&b| b == b','))
-        .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+        || named
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// HTTP/1-style fields → an HTTP/2 field map: connection-specific fields
 /// dropped, `te` kept only as `trailers`, invalid names/values skipped.
 pub fn h2_headers(h: &Headers) -> HeaderMap {
-    let named = connection_tokens(h);
+    let named: Vec<&[u8]> = h.connection_options().collect();
     let mut map = HeaderMap::with_capacity(h.len());
     for (name, value) in h.iter() {
         if name.eq_ignore_ascii_case("te") {
