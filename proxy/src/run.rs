@@ -294,7 +294,7 @@ fn join_until(handles: Vec<std::thread::JoinHandle<()>>, deadline: Instant) -> u
 fn stop_on_output_failure(
     mode: OnFull,
     failed: Arc<AtomicBool>,
-) -> Option<Box<dyn FnOnce(&std::io::Error) + Send>> {
+) -> Option<crate::flowlog::OnFailure> {
     match mode {
         OnFull::Drop => None,
         OnFull::Block => Some(Box::new(move |_error| {

@@ -36,8 +36,8 @@ pub use size::{canonical_reason, format_address, pretty_size};
 pub use text::BODY_LINES_CUTOFF;
 
 pub use queue::{DropReason, OnFull, Stats};
-pub use writer::QUEUE_CAPACITY;
 use writer::{Clock, Msg};
+pub use writer::{OnFailure, QUEUE_CAPACITY};
 
 /// Body bytes the engine captures per message at `--flow-detail 3`.
 pub const BODY_CAPTURE_DETAIL3: usize = 64 * 1024;
@@ -242,7 +242,7 @@ pub struct OutputOptions {
     /// What a worker does when that many are pending.
     pub on_full: OnFull,
     /// Called once, on the writer thread, when the output fails for good.
-    pub on_failure: Option<Box<dyn FnOnce(&std::io::Error) + Send>>,
+    pub on_failure: Option<OnFailure>,
 }
 
 impl std::fmt::Debug for OutputOptions {

@@ -56,7 +56,7 @@ pub(crate) enum Clock {
 }
 
 /// Called once when the output fails for good.
-pub(crate) type OnFailure = Box<dyn FnOnce(&io::Error) + Send>;
+pub type OnFailure = Box<dyn FnOnce(&io::Error) + Send>;
 
 /// Starts the writer thread.
 pub(crate) fn spawn(
