@@ -10,6 +10,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -447,4 +448,58 @@ fn scrapers_that_never_read_stall_neither_traffic_nor_the_admin_server() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.text().contains("tproxy_requests_total"));
     drop(stuck);
+}
+
+#[test]
+fn a_stderr_nobody_reads_never_stalls_traffic() {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    // h2 at trace level: dozens of diagnostic lines per request.
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .env("RUST_LOG", "info,h2=trace")
+        .spawn();
+    p.pause_stderr();
+    let ca = p.ca_cert();
+    let url = format!("{}/small.txt", ng.https_base());
+    let mut args: Vec<String> = ["-sS", "--http2", "-x", &p.proxy_url(), "--cacert"]
+        .map(str::to_owned)
+        .to_vec();
+    args.push(ca.to_str().unwrap().to_owned());
+    args.extend(["--max-time", "60", "-w", "%{http_code}\\n"].map(str::to_owned));
+    for _ in 0..200 {
+        args.extend(["-o", "/dev/null", &url].map(str::to_owned));
+    }
+    let out = run_bounded(Command::new("curl").args(&args), Duration::from_secs(120));
+    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        codes.lines().filter(|c| *c == "200").count(),
+        200,
+        "requests stalled behind an unread stderr: {codes}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropped = metric(&p, "tproxy_stderr_lines_dropped_total");
+    assert!(
+        dropped > 0.0,
+        "no diagnostic line dropped: the pipe never filled?"
+    );
+    p.resume_stderr();
+    // The next diagnostic line is preceded by the count of those lost.
+    assert_eq!(
+        curl(&[
+            "-x",
+            &p.proxy_url(),
+            "--http2",
+            "--cacert",
+            ca.to_str().unwrap(),
+            &url
+        ])
+        .status,
+        200
+    );
+    assert!(
+        p.wait_for_stderr("diagnostic lines were dropped", Duration::from_secs(20))
+            .is_some(),
+        "no line about the dropped diagnostics"
+    );
 }

@@ -158,12 +158,17 @@ impl ProxyBuilder {
             child.stdout.take().expect("stdout piped"),
             stdout_gate.clone(),
         );
-        let stderr = capture(child.stderr.take().expect("stderr piped"));
+        let stderr_gate = Gate::new(GateState::Read);
+        let stderr = capture_gated(
+            child.stderr.take().expect("stderr piped"),
+            stderr_gate.clone(),
+        );
         let mut p = Proxy {
             child,
             stdout,
             stdout_gate,
             stderr,
+            stderr_gate,
             confdir,
             _confdir_tmp: confdir_tmp,
             listeners: Vec::new(),
@@ -255,6 +260,10 @@ fn capture_gated(r: impl std::io::Read + Send + 'static, gate: Gate) -> Lines {
         let mut r = BufReader::new(r);
         let mut buf = Vec::new();
         loop {
+            // Paused between lines (a stuck reader) until the test resumes.
+            if gate.wait_open() == GateState::Close {
+                return;
+            }
             buf.clear();
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
@@ -286,6 +295,7 @@ pub struct Proxy {
     stdout: Lines,
     stdout_gate: Gate,
     stderr: Lines,
+    stderr_gate: Gate,
     confdir: PathBuf,
     _confdir_tmp: Option<tempfile::TempDir>,
     listeners: Vec<(String, SocketAddr)>,
@@ -356,6 +366,16 @@ impl Proxy {
     /// reading it: the proxy's next write fails with EPIPE.
     pub fn close_stdout(&self) {
         self.stdout_gate.set(GateState::Close);
+    }
+
+    /// Stops reading stderr (after the line being read): a stuck reader.
+    pub fn pause_stderr(&self) {
+        self.stderr_gate.set(GateState::Hold);
+    }
+
+    /// Reads stderr again after [`Proxy::pause_stderr`].
+    pub fn resume_stderr(&self) {
+        self.stderr_gate.set(GateState::Read);
     }
 
     /// Snapshot of stdout lines (the flow log).
@@ -439,8 +459,10 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         // A held stdout would keep the capture thread waiting forever.
-        if *self.stdout_gate.0.0.lock().expect("gate lock") == GateState::Hold {
-            self.stdout_gate.set(GateState::Read);
+        for gate in [&self.stdout_gate, &self.stderr_gate] {
+            if *gate.0.0.lock().expect("gate lock") == GateState::Hold {
+                gate.set(GateState::Read);
+            }
         }
         terminate_child(&mut self.child, Duration::from_secs(5));
         if std::thread::panicking() {
