@@ -245,6 +245,42 @@ pub struct RunArgs {
     /// Most concurrent HTTP/2 streams one client connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
     #[arg(long, value_name = "N", default_value_t = 250)]
     pub h2_max_concurrent_streams: u32,
+
+    /// What workers do when the flow log cannot keep up (stdout read too slowly or not at all):
+    /// `drop` (default) drops records and counts them (tproxy_flowlog_records_dropped_total;
+    /// the log says how many were lost once it drains) so traffic never waits for the log;
+    /// `block` makes workers wait, so no record is lost but a stuck reader stops all traffic,
+    /// and a broken stdout (EPIPE) ends the process (exit status 4). See docs/flow-log.md.
+    #[arg(long, value_enum, value_name = "drop|block", default_value = "drop")]
+    pub flow_log_full: FlowLogFull,
+
+    /// Flow log records accepted but not yet written to stdout, at most (the buffer that
+    /// absorbs a slow reader before --flow-log-full applies).
+    #[arg(long, value_name = "N", default_value_t = crate::flowlog::QUEUE_CAPACITY)]
+    pub flow_log_queue: usize,
+
+    /// /healthz fails (503, naming the worker) when a worker's event loop has not run for SECS:
+    /// a wedged data plane, for the liveness probe to restart.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub worker_stall_timeout: f64,
+}
+
+/// `--flow-log-full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowLogFull {
+    /// Drop and count records; traffic never waits for the log.
+    Drop,
+    /// Wait for the log; a stuck reader stops traffic.
+    Block,
+}
+
+impl From<FlowLogFull> for crate::flowlog::OnFull {
+    fn from(f: FlowLogFull) -> Self {
+        match f {
+            FlowLogFull::Drop => Self::Drop,
+            FlowLogFull::Block => Self::Block,
+        }
+    }
 }
 
 /// Proxy mode of a listener.
@@ -361,6 +397,12 @@ pub struct Config {
     pub http2: bool,
     /// `--h2-max-concurrent-streams`.
     pub h2_max_concurrent_streams: u32,
+    /// `--flow-log-full`.
+    pub flow_log_full: crate::flowlog::OnFull,
+    /// `--flow-log-queue`.
+    pub flow_log_queue: usize,
+    /// `--worker-stall-timeout`.
+    pub worker_stall_timeout: Duration,
 }
 
 /// A configuration problem, said so the user can fix it.
@@ -417,6 +459,11 @@ impl TryFrom<&RunArgs> for Config {
                 "--h2-max-concurrent-streams must be at least 1".into(),
             ));
         }
+        if a.flow_log_queue == 0 {
+            return Err(ConfigError::Other(
+                "--flow-log-queue must be at least 1 (records waiting for stdout)".into(),
+            ));
+        }
         if a.cert_cache_size == 0 {
             return Err(ConfigError::Other(
                 "--cert-cache-size must be at least 1".into(),
@@ -462,6 +509,9 @@ impl TryFrom<&RunArgs> for Config {
 
             http2: a.http2,
             h2_max_concurrent_streams: a.h2_max_concurrent_streams,
+            flow_log_full: a.flow_log_full.into(),
+            flow_log_queue: a.flow_log_queue,
+            worker_stall_timeout: secs("--worker-stall-timeout", a.worker_stall_timeout)?,
         })
     }
 }

@@ -20,17 +20,24 @@ fn main() -> ExitCode {
         std::process::abort();
     }));
     let result = match cli.command {
-        Some(Command::Ca(cmd)) => ca(cmd),
+        Some(Command::Ca(cmd)) => ca(cmd).map(|()| 0),
         Some(Command::Rules(RulesCommand::Check { file })) => tproxy::policy::check_file(&file)
             .map(|text| print!("{text}"))
+            .map(|()| 0)
             .map_err(|e| format!("{}: {e}", file.display())),
         None => Config::try_from(&cli.run)
             .map_err(|e| e.to_string())
-            .and_then(|cfg| tproxy::run::run(cfg).map_err(|e| e.to_string())),
+            .and_then(|cfg| {
+                tproxy::run::run(cfg)
+                    .map(|outcome| outcome.exit_code())
+                    .map_err(|e| e.to_string())
+            }),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(msg) => {
+            // Queued diagnostics first, so the reason is the last line.
+            tproxy::diag::flush(std::time::Duration::from_millis(500));
             eprintln!("tproxy: {msg}");
             ExitCode::FAILURE
         }
@@ -42,7 +49,8 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Never write(2) to stderr on the emitting thread (a worker): see diag.
+        .with_writer(tproxy::diag::make)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();

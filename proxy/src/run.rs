@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, Mode};
-use crate::flowlog::{FlowLog, FlowLogConfig};
+use crate::flowlog::{DropReason, FlowLog, FlowLogConfig, OnFull, OutputOptions};
 use crate::metrics::Metrics;
 use crate::net::listener::bind_all;
 use crate::tls::ca::{CertificateAuthority, trust_instructions};
@@ -40,8 +41,43 @@ pub enum StartError {
     Other(String),
 }
 
-/// Run the proxy until SIGTERM/SIGINT; returns after draining.
-pub fn run(cfg: Config) -> Result<(), StartError> {
+/// How a run ended (after a signal, or a broken flow-log output in block mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Flow-log records lost during the run or at the shutdown deadline.
+    pub flowlog_lost: u64,
+    /// The flow-log output failed for good and `--flow-log-full block` made
+    /// that fatal.
+    pub flowlog_output_failed: bool,
+}
+
+impl Outcome {
+    /// Exit status 0: every flow was logged.
+    pub const EXIT_OK: u8 = 0;
+    /// Exit status 3: clean shutdown, but flow-log records were lost.
+    pub const EXIT_FLOWLOG_LOST: u8 = 3;
+    /// Exit status 4: stopped because stdout failed (`--flow-log-full block`).
+    pub const EXIT_FLOWLOG_OUTPUT_FAILED: u8 = 4;
+
+    /// The process exit status (documented in the README).
+    pub fn exit_code(&self) -> u8 {
+        if self.flowlog_output_failed {
+            Self::EXIT_FLOWLOG_OUTPUT_FAILED
+        } else if self.flowlog_lost > 0 {
+            Self::EXIT_FLOWLOG_LOST
+        } else {
+            Self::EXIT_OK
+        }
+    }
+}
+
+/// The least time the flow log gets to drain at shutdown, even when the
+/// in-flight connections used all of `--shutdown-timeout`.
+const MIN_FLUSH: Duration = Duration::from_millis(200);
+
+/// Run the proxy until SIGTERM/SIGINT; returns after draining, at the
+/// latest `--shutdown-timeout` (plus [`MIN_FLUSH`]) after the signal.
+pub fn run(cfg: Config) -> Result<Outcome, StartError> {
     let signals = block_signals();
     let (ca, created) = CertificateAuthority::load_or_create(&cfg.confdir, cfg.ca_key_kind)?;
     if created {
@@ -114,11 +150,19 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         }
         None => (None, None),
     };
-    let flowlog = FlowLog::stdout(FlowLogConfig {
-        format: cfg.log_format,
-        detail: cfg.flow_detail,
-        show_secrets: cfg.show_secrets,
-    });
+    let output_failed = Arc::new(AtomicBool::new(false));
+    let flowlog = FlowLog::stdout_with(
+        FlowLogConfig {
+            format: cfg.log_format,
+            detail: cfg.flow_detail,
+            show_secrets: cfg.show_secrets,
+        },
+        OutputOptions {
+            capacity: cfg.flow_log_queue,
+            on_full: cfg.flow_log_full,
+            on_failure: stop_on_output_failure(cfg.flow_log_full, output_failed.clone()),
+        },
+    );
     let workers = cfg.workers;
     let shared = Arc::new(Shared {
         cfg,
@@ -133,6 +177,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         pods,
         tracer,
         upstream_alpn,
+        health: crate::health::Heartbeats::new(workers),
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -143,7 +188,8 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         let h = std::thread::Builder::new()
             .name(format!("tproxy-worker-{id}"))
             .spawn(move || {
-                let res = worker::run(id, shared, listeners, &ready);
+                let res = worker::run(id, shared.clone(), listeners, &ready);
+                shared.health.exited(id);
                 if let Err(e) = res {
                     let _ = ready.send((id, Err(e.to_string())));
                 }
@@ -172,26 +218,92 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     }
 
     let sig = wait_for_signal(&signals);
-    tracing::info!(
-        signal = sig,
-        "shutting down: no new connections, draining in-flight flows"
-    );
-    shared.shutting_down.store(true, Ordering::SeqCst);
-    for h in handles {
-        let _ = h.join();
+    let deadline = Instant::now() + shared.cfg.shutdown_timeout;
+    let flowlog_output_failed = output_failed.load(Ordering::SeqCst);
+    if flowlog_output_failed {
+        tracing::error!(
+            "shutting down: the flow log output failed and --flow-log-full block makes that fatal"
+        );
+    } else {
+        tracing::info!(
+            signal = sig,
+            "shutting down: no new connections, draining in-flight flows"
+        );
     }
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    // Bounded whatever the workers do (one may be wedged, or waiting for a
+    // stuck flow log with --flow-log-full block): past the deadline the
+    // process exits without them.
+    let unfinished = join_until(handles, deadline);
     let left = shared.in_flight.load(Ordering::Acquire);
-    if left > 0 {
+    if left > 0 || unfinished > 0 {
         tracing::warn!(
             connections = left,
+            workers_unfinished = unfinished,
             "shutdown timeout reached with connections still open"
         );
     }
-    flowlog.flush();
-    if let Some(e) = exporter {
-        e.shutdown();
+    let flush_deadline = deadline.max(Instant::now() + MIN_FLUSH);
+    let finish = flowlog.finish(flush_deadline);
+    if let Some(stats) = flowlog.stats()
+        && finish.lost_total > 0
+    {
+        tracing::warn!(
+            lost = finish.lost_total,
+            queue_full = stats.dropped(DropReason::QueueFull),
+            output_error = stats.dropped(DropReason::OutputError),
+            shutdown = stats.dropped(DropReason::Shutdown),
+            "flow log incomplete: records were lost (exit status 3)"
+        );
     }
-    Ok(())
+    if let Some(e) = exporter {
+        e.shutdown_until(flush_deadline);
+    }
+    crate::diag::flush(
+        flush_deadline
+            .saturating_duration_since(Instant::now())
+            .max(MIN_FLUSH),
+    );
+    Ok(Outcome {
+        flowlog_lost: finish.lost_total,
+        flowlog_output_failed,
+    })
+}
+
+/// Waits for the worker threads until `deadline`; returns how many had not
+/// finished by then (they are left running; the process is about to exit).
+fn join_until(handles: Vec<std::thread::JoinHandle<()>>, deadline: Instant) -> usize {
+    let mut pending = handles;
+    loop {
+        let (done, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
+        for h in done {
+            let _ = h.join();
+        }
+        pending = rest;
+        if pending.is_empty() || Instant::now() >= deadline {
+            return pending.len();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With `--flow-log-full block`, a broken flow-log output stops the process
+/// (the kubelet restarts it and the log resumes): raise SIGTERM, which
+/// `wait_for_signal` receives, and remember why. With `drop`, the proxy
+/// keeps serving; the failure shows in /readyz and the metrics.
+fn stop_on_output_failure(
+    mode: OnFull,
+    failed: Arc<AtomicBool>,
+) -> Option<crate::flowlog::OnFailure> {
+    match mode {
+        OnFull::Drop => None,
+        OnFull::Block => Some(Box::new(move |_error| {
+            failed.store(true, Ordering::SeqCst);
+            // SAFETY: kill(2) on our own pid with a valid signal number; the
+            // signal is blocked in every thread and taken by sigwait.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        })),
+    }
 }
 
 /// Block SIGTERM/SIGINT in this thread (and every thread it spawns) so they

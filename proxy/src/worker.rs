@@ -39,6 +39,8 @@ pub struct Shared {
     pub tracer: Option<crate::observe::trace::Tracer>,
     /// Upstream client configs per mirrored ALPN offer (HTTP/2 interception).
     pub upstream_alpn: crate::tls::upstream::UpstreamAlpn,
+    /// One heartbeat per worker event loop (`/healthz`).
+    pub health: crate::health::Heartbeats,
 }
 
 impl Shared {
@@ -168,9 +170,12 @@ pub fn run(
             accept_tasks.push(monoio::spawn(accept_loop(w, mode, listener)));
         }
         let _ = ready.send((id, Ok(())));
+        #[cfg(debug_assertions)]
+        debug_stall_hook(id);
         let mut ticks = 0u32;
         while !shared.shutting_down() {
-            monoio::time::sleep(Duration::from_millis(100)).await;
+            monoio::time::sleep(crate::health::BEAT_INTERVAL).await;
+            shared.health.beat(id);
             ticks += 1;
             if ticks.is_multiple_of(10) {
                 let closed = worker.pool.borrow_mut().sweep();
@@ -185,12 +190,47 @@ pub fn run(
         let deadline = std::time::Instant::now() + shared.cfg.shutdown_timeout;
         while shared.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(20)).await;
+            shared.health.beat(id);
         }
         let closed = worker.pool.borrow_mut().clear();
         worker.closed_upstreams(closed);
         crate::passthrough::drain_pipe_pool();
         Ok(())
     })
+}
+
+/// Debug builds only: `TPROXY_DEBUG_STALL_WORKER=ID:SECS` blocks worker ID's
+/// thread for SECS, half a second after it started — a wedged event loop for
+/// the `/healthz` tests. Release builds do not contain this code.
+#[cfg(debug_assertions)]
+fn debug_stall_hook(id: usize) {
+    let Ok(spec) = std::env::var("TPROXY_DEBUG_STALL_WORKER") else {
+        return;
+    };
+    let parsed = spec
+        .split_once(':')
+        .and_then(|(w, s)| Some((w.parse::<usize>().ok()?, s.parse::<f64>().ok()?)));
+    let Some((worker, secs)) = parsed else {
+        tracing::warn!(value = %spec, "TPROXY_DEBUG_STALL_WORKER: expected ID:SECS; ignored");
+        return;
+    };
+    if worker != id || !(secs.is_finite() && secs > 0.0) {
+        return;
+    }
+    monoio::spawn(async move {
+        monoio::time::sleep(Duration::from_millis(500)).await;
+        tracing::warn!(
+            worker = id,
+            secs,
+            "TPROXY_DEBUG_STALL_WORKER: blocking this worker's thread"
+        );
+        // Deliberately blocking the event loop: that is the fault under test.
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        tracing::warn!(
+            worker = id,
+            "TPROXY_DEBUG_STALL_WORKER: worker thread released"
+        );
+    });
 }
 
 async fn accept_loop(worker: Rc<Worker>, mode: Mode, listener: TcpListener) {

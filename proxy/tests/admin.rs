@@ -114,3 +114,95 @@ fn metrics_false_turns_only_per_request_families_off() {
     );
     assert!(text.contains("tproxy_build_info{"), "{text}");
 }
+
+/// Sends `request` to the admin listener and reads until the server closes.
+fn admin_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server may answer (and close) before the whole request is sent.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    // Err = reset after the answer; the answer is still in `out`.
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn admin_refuses_malformed_and_oversize_requests() {
+    let p = ProxyBuilder::new().spawn();
+    let admin = p.addr("admin");
+    for bad in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"[..],
+        b"GET /metrics HTTP/1.1\nHost: x\n\n",
+        b"GET /metrics HTTP/9.9\r\n\r\n",
+        b"GET  /metrics HTTP/1.1\r\n\r\n",
+    ] {
+        let r = admin_exchange(admin, bad);
+        assert!(
+            r.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{:?} → {r:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let mut big = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let r = admin_exchange(admin, &big);
+    assert!(
+        r.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{r:?}"
+    );
+    assert!(r.contains("connection: close"), "{r:?}");
+    let mut many = b"GET /healthz HTTP/1.1\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let r = admin_exchange(admin, &many);
+    assert!(r.starts_with("HTTP/1.1 431 "), "{r:?}");
+    let r = admin_exchange(admin, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 405 "), "{r:?}");
+    assert!(r.contains("allow: GET, HEAD\r\n"), "{r:?}");
+    let r = admin_exchange(admin, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r:?}");
+    assert!(r.ends_with("\r\n\r\n"), "HEAD has no body: {r:?}");
+    let r = admin_exchange(admin, b"GET /healthz?verbose HTTP/1.0\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok\n"),
+        "{r:?}"
+    );
+    // A client that sends half a head and stalls gets 408 and is closed.
+    let r = admin_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost:");
+    assert!(r.starts_with("HTTP/1.1 408 "), "{r:?}");
+    // Still serving.
+    let r = curl(&[&format!("http://{admin}/healthz")]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn idle_admin_connections_do_not_create_threads() {
+    let p = ProxyBuilder::new().args(&["--workers", "1"]).spawn();
+    let admin = p.addr("admin");
+    // Warm up (any lazily started thread starts now).
+    assert_eq!(curl(&[&format!("http://{admin}/metrics")]).status, 200);
+    let before = threads_of(p.pid());
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(admin).unwrap())
+        .collect();
+    // Accepts are taken in order: once this answers, all 200 are accepted.
+    let r = curl(&["--max-time", "10", &format!("http://{admin}/healthz")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let during = threads_of(p.pid());
+    assert!(
+        during <= before + 1,
+        "{before} threads before, {during} with 200 idle admin connections"
+    );
+    drop(idle);
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use serde::Serialize;
 
+use super::queue::{DropReason, Gap};
 use super::redact::{redact_header, redact_url};
 use super::size::{canonical_reason, format_address};
 use super::text::unix_millis;
@@ -216,6 +217,32 @@ pub(crate) fn tcp(out: &mut Vec<u8>, f: &TcpFlow) -> serde_json::Result<()> {
         duration_ms: ms(f.duration),
         reason: &f.reason,
         error: f.error.as_deref(),
+    };
+    serde_json::to_writer(&mut *out, &rec)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct GapRecord {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts: String,
+    lost: u64,
+    reason: &'static str,
+    first_lost: String,
+    last_lost: String,
+}
+
+/// The line written where records are missing: how many and when.
+pub(crate) fn gap(out: &mut Vec<u8>, g: &Gap, now: SystemTime) -> serde_json::Result<()> {
+    let rec = GapRecord {
+        kind: "flowlog_gap",
+        ts: rfc3339_millis(now),
+        lost: g.lost,
+        reason: DropReason::QueueFull.as_str(),
+        first_lost: rfc3339_millis(g.first),
+        last_lost: rfc3339_millis(g.last),
     };
     serde_json::to_writer(&mut *out, &rec)?;
     out.push(b'\n');

@@ -2,22 +2,28 @@
 //! dedicated thread so workers never format or do I/O for it.
 //!
 //! Workers hand owned records to [`FlowLog::conn_event`], [`FlowLog::http`]
-//! and [`FlowLog::tcp`], which only move them into a bounded channel. The
-//! `flowlog` thread formats ([`text`] or [`json`] shape), redacts credentials
-//! ([`redact`]) and writes through a buffer that is flushed whenever the
-//! queue runs empty. The formats are specified in `docs/flow-log.md`.
+//! and [`FlowLog::tcp`], which only move them into a bounded queue
+//! ([`queue`]). The `flowlog` thread formats ([`text`] or [`json`] shape),
+//! redacts credentials ([`redact`]) and writes whole batches, so the output
+//! is live when the queue runs empty. The formats are specified in
+//! `docs/flow-log.md`.
 //!
-//! Backpressure: when the queue (4096 records) is full, the sending worker
-//! blocks until the writer catches up. The log is never lossy; a stdout that
-//! nobody reads stalls the proxy, as it would stall mitmdump.
+//! Backpressure ([`OnFull`], `--flow-log-full`): by default a worker never
+//! waits for the log. When the records not yet written reach the queue's
+//! capacity (`--flow-log-queue`, 4096), new records are dropped and counted
+//! by reason, stderr says so (at most every 10 s), and once the output drains
+//! the log itself carries a line saying how many records were lost and when.
+//! `block` makes workers wait instead (lossless, but a stuck reader stops
+//! traffic, as it would stall mitmdump). Shutdown is bounded:
+//! [`FlowLog::finish`] waits until a deadline and counts what is left as lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 mod json;
+pub mod queue;
 pub mod redact;
 mod size;
 #[cfg(test)]
@@ -29,7 +35,9 @@ pub use redact::{redact_header, redact_url};
 pub use size::{canonical_reason, format_address, pretty_size};
 pub use text::BODY_LINES_CUTOFF;
 
+pub use queue::{DropReason, OnFull, Stats};
 use writer::{Clock, Msg};
+pub use writer::{OnFailure, QUEUE_CAPACITY};
 
 /// Body bytes the engine captures per message at `--flow-detail 3`.
 pub const BODY_CAPTURE_DETAIL3: usize = 64 * 1024;
@@ -227,6 +235,64 @@ pub(crate) struct Opts {
     pub(crate) show_secrets: bool,
 }
 
+/// Where and how records are written (`--flow-log-full`, `--flow-log-queue`).
+pub struct OutputOptions {
+    /// Records accepted but not yet written, at most.
+    pub capacity: usize,
+    /// What a worker does when that many are pending.
+    pub on_full: OnFull,
+    /// Called once, on the writer thread, when the output fails for good.
+    pub on_failure: Option<OnFailure>,
+}
+
+impl std::fmt::Debug for OutputOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputOptions")
+            .field("capacity", &self.capacity)
+            .field("on_full", &self.on_full)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for OutputOptions {
+    /// `--flow-log-full drop`, `--flow-log-queue 4096`.
+    fn default() -> Self {
+        Self {
+            capacity: writer::QUEUE_CAPACITY,
+            on_full: OnFull::Drop,
+            on_failure: None,
+        }
+    }
+}
+
+impl OutputOptions {
+    /// Lossless: `capacity` records, workers wait when they are pending.
+    pub fn blocking(capacity: usize) -> Self {
+        Self {
+            capacity,
+            on_full: OnFull::Block,
+            on_failure: None,
+        }
+    }
+}
+
+/// How [`FlowLog::finish`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    /// Records still pending at the deadline, now counted as lost
+    /// (`reason="shutdown"`); 0 when everything was written.
+    pub lost_at_deadline: u64,
+    /// Records lost during the run or at shutdown, for every reason.
+    pub lost_total: u64,
+}
+
+impl Finish {
+    /// Everything accepted was written and nothing was ever dropped.
+    pub fn complete(&self) -> bool {
+        self.lost_total == 0
+    }
+}
+
 /// Handle to the flow log; cheap to clone, `Send + Sync`.
 #[derive(Debug, Clone)]
 pub struct FlowLog {
@@ -238,45 +304,57 @@ pub struct FlowLog {
 }
 
 /// Owned by all clones; the last one to go closes the queue and waits for
-/// the writer to finish.
+/// the writer to finish (unless [`FlowLog::finish`] gave up on it).
 #[derive(Debug)]
 struct Inner {
-    tx: Option<SyncSender<Msg>>,
+    queue: Arc<queue::Queue>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
+        self.queue.close();
+        if let Some(thread) = self.thread.take()
+            && !self.queue.abandoned()
+        {
             let _ = thread.join();
         }
     }
 }
 
 impl FlowLog {
-    /// Log to stdout from a dedicated writer thread.
+    /// Log to stdout from a dedicated writer thread, with the default
+    /// output options (drop when full, [`QUEUE_CAPACITY`]).
     pub fn stdout(cfg: FlowLogConfig) -> Self {
-        Self::spawn(
-            &cfg,
-            Box::new(std::io::stdout()),
-            Clock::Local,
-            writer::QUEUE_CAPACITY,
-        )
+        Self::stdout_with(cfg, OutputOptions::default())
     }
 
-    /// Log to any writer (tests).
+    /// Log to stdout with these output options.
+    pub fn stdout_with(cfg: FlowLogConfig, output: OutputOptions) -> Self {
+        Self::spawn_with(&cfg, Box::new(std::io::stdout()), Clock::Local, output)
+    }
+
+    /// Log to any writer, losslessly (tests).
     pub fn to_writer(cfg: FlowLogConfig, out: Box<dyn std::io::Write + Send>) -> Self {
         Self::spawn(&cfg, out, Clock::Local, writer::QUEUE_CAPACITY)
     }
 
-    /// A log whose text clock uses a fixed UTC offset and whose queue holds
-    /// `capacity` records.
+    /// A lossless log whose text clock uses a fixed UTC offset and whose
+    /// queue holds `capacity` records (tests).
     pub(crate) fn spawn(
         cfg: &FlowLogConfig,
         out: Box<dyn std::io::Write + Send>,
         clock: Clock,
         capacity: usize,
+    ) -> Self {
+        Self::spawn_with(cfg, out, clock, OutputOptions::blocking(capacity))
+    }
+
+    pub(crate) fn spawn_with(
+        cfg: &FlowLogConfig,
+        out: Box<dyn std::io::Write + Send>,
+        clock: Clock,
+        output: OutputOptions,
     ) -> Self {
         let detail = cfg.detail.min(4);
         let mut log = Self {
@@ -291,10 +369,18 @@ impl FlowLog {
             detail,
             show_secrets: cfg.show_secrets,
         };
-        match writer::spawn(cfg.format, opts, clock, capacity, out) {
-            Ok((tx, thread)) => {
+        let queue = Arc::new(queue::Queue::new(output.capacity, output.on_full));
+        match writer::spawn(
+            cfg.format,
+            opts,
+            clock,
+            queue.clone(),
+            out,
+            output.on_failure,
+        ) {
+            Ok(thread) => {
                 log.inner = Some(Arc::new(Inner {
-                    tx: Some(tx),
+                    queue,
                     thread: Some(thread),
                 }));
             }
@@ -325,11 +411,20 @@ impl FlowLog {
         }
     }
 
+    /// Counters (None when nothing is logged: detail 0).
+    pub fn stats(&self) -> Option<&Stats> {
+        self.inner.as_ref().map(|i| &i.queue.stats)
+    }
+
+    /// Records accepted and not yet written.
+    pub fn pending(&self) -> usize {
+        self.inner.as_ref().map_or(0, |i| i.queue.pending())
+    }
+
     fn send(&self, msg: Msg) {
-        if let Some(tx) = self.inner.as_ref().and_then(|i| i.tx.as_ref()) {
-            // Blocks while the queue is full. Fails only if the writer
-            // thread is gone, and then there is nowhere to write anyway.
-            let _ = tx.send(msg);
+        if let Some(inner) = &self.inner {
+            // Never waits with `OnFull::Drop`; see `queue`.
+            inner.queue.push(msg);
         }
     }
 
@@ -350,14 +445,36 @@ impl FlowLog {
         self.send(Msg::Tcp(flow));
     }
 
-    /// Write everything queued so far and wait until it is on stdout.
+    /// Write everything queued so far and wait until it is on the output.
     pub fn flush(&self) {
-        let Some(tx) = self.inner.as_ref().and_then(|i| i.tx.as_ref()) else {
+        let Some(inner) = &self.inner else {
             return;
         };
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
-        if tx.send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv();
+        inner.queue.push_control(Msg::Flush(ack_tx));
+        let _ = ack_rx.recv();
+    }
+
+    /// Shutdown: write everything queued, waiting at most until `deadline`.
+    /// What is still pending then is counted as lost and the writer is left
+    /// behind (the process is about to exit); later records are dropped.
+    pub fn finish(&self, deadline: std::time::Instant) -> Finish {
+        let Some(inner) = &self.inner else {
+            return Finish {
+                lost_at_deadline: 0,
+                lost_total: 0,
+            };
+        };
+        let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+        inner.queue.push_control(Msg::Flush(ack_tx));
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let lost_at_deadline = match ack_rx.recv_timeout(wait) {
+            Ok(()) => 0,
+            Err(_) => inner.queue.abandon(),
+        };
+        Finish {
+            lost_at_deadline,
+            lost_total: inner.queue.stats.dropped_total(),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
+use super::queue::Gap;
 use super::redact::{redact_header, redact_url};
 use super::size::{
     canonical_reason, normalize_ip, push_address, push_escaped, push_escaped_keep_tabs,
@@ -40,6 +41,29 @@ fn push_clock(out: &mut String, at: SystemTime, offset_secs: i32) {
         day_ms / 1000 % 60,
         day_ms % 1000
     );
+}
+
+/// The line written where records are missing:
+/// `[12:00:09.456] flow log: 1234 records lost from 12:00:01.123 to 12:00:09.400 (output not read fast enough)`.
+pub(crate) fn gap(out: &mut String, g: &Gap, now: SystemTime, offset_secs: i32) {
+    push_clock(out, now, offset_secs);
+    let _ = write!(out, " flow log: {} record", g.lost);
+    if g.lost != 1 {
+        out.push('s');
+    }
+    out.push_str(" lost from ");
+    push_clock_bare(out, g.first, offset_secs);
+    out.push_str(" to ");
+    push_clock_bare(out, g.last, offset_secs);
+    out.push_str(" (output not read fast enough; see tproxy_flowlog_records_dropped_total)\n");
+}
+
+/// `HH:MM:SS.mmm` without brackets.
+fn push_clock_bare(out: &mut String, at: SystemTime, offset_secs: i32) {
+    let start = out.len();
+    push_clock(out, at, offset_secs);
+    out.pop();
+    out.remove(start);
 }
 
 /// One connection event: `[12:00:00.000][10.0.0.7:5000] client connect`.

@@ -1,20 +1,29 @@
-//! The writer thread: receives owned records over a bounded channel, formats
-//! them and writes them through a `BufWriter`, flushing whenever the queue
-//! runs empty.
+//! The writer thread: takes batches of owned records from the [`Queue`],
+//! formats them into one buffer and writes it with `write_all` whenever the
+//! buffer is full or the batch is done (so the output is live when traffic is
+//! light and written in large chunks when it is heavy).
+//!
+//! The writer is the only thread that ever waits for the output. When the
+//! output fails for good (EPIPE: the reader is gone; EIO), every later
+//! record is discarded and counted, and `on_failure` runs once (the process
+//! decides whether to keep serving; see `docs/flow-log.md`).
 
-use std::io::{self, BufWriter, Write};
+use std::collections::VecDeque;
+use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 
+use super::queue::{DropReason, Gap, Queue, Taken};
 use super::text::unix_millis;
 use super::{ConnEvent, HttpFlow, LogFormat, Opts, TcpFlow, json, text};
 
-/// Records queued between the workers and the writer. When the queue is
-/// full, senders block (the log is never lossy).
-pub(crate) const QUEUE_CAPACITY: usize = 4096;
+/// Records accepted but not yet written, by default (`--flow-log-queue`).
+pub const QUEUE_CAPACITY: usize = 4096;
 
-/// Output buffer; records larger than this are written straight through.
+/// Output buffer: a batch is written out in chunks of about this size.
 const BUF_SIZE: usize = 64 * 1024;
 
 /// A message to the writer thread.
@@ -23,8 +32,17 @@ pub(crate) enum Msg {
     Conn(ConnEvent),
     Http(Box<HttpFlow>),
     Tcp(TcpFlow),
-    /// Flush everything before this message, then answer.
+    /// Records were dropped here (queue full); printed as one line.
+    Gap(Gap),
+    /// Write everything before this message, then answer.
     Flush(SyncSender<()>),
+}
+
+impl Msg {
+    /// A flow-log record (counts against the capacity), not a marker.
+    pub(crate) fn is_record(&self) -> bool {
+        matches!(self, Msg::Conn(_) | Msg::Http(_) | Msg::Tcp(_))
+    }
 }
 
 /// How the writer finds the UTC offset of the text format's clock.
@@ -37,18 +55,24 @@ pub(crate) enum Clock {
     Fixed(i32),
 }
 
+/// Called once when the output fails for good.
+pub type OnFailure = Box<dyn FnOnce(&io::Error) + Send>;
+
 /// Starts the writer thread.
 pub(crate) fn spawn(
     format: LogFormat,
     opts: Opts,
     clock: Clock,
-    capacity: usize,
+    queue: Arc<Queue>,
     out: Box<dyn Write + Send>,
-) -> io::Result<(SyncSender<Msg>, JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+    on_failure: Option<OnFailure>,
+) -> io::Result<JoinHandle<()>> {
     let writer = Writer {
-        out: BufWriter::with_capacity(BUF_SIZE, out),
-        broken: false,
+        out,
+        queue,
+        on_failure,
+        buf: Vec::with_capacity(BUF_SIZE + 4096),
+        buf_records: 0,
         format,
         opts,
         clock,
@@ -57,16 +81,18 @@ pub(crate) fn spawn(
         text: String::with_capacity(1024),
         json: Vec::with_capacity(1024),
     };
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("flowlog".into())
-        .spawn(move || writer.run(rx))?;
-    Ok((tx, handle))
+        .spawn(move || writer.run())
 }
 
 struct Writer {
-    out: BufWriter<Box<dyn Write + Send>>,
-    /// Output failed (e.g. EPIPE): records are drained and discarded.
-    broken: bool,
+    out: Box<dyn Write + Send>,
+    queue: Arc<Queue>,
+    on_failure: Option<OnFailure>,
+    /// Formatted bytes not yet written, and how many records they hold.
+    buf: Vec<u8>,
+    buf_records: usize,
     format: LogFormat,
     opts: Opts,
     clock: Clock,
@@ -79,53 +105,98 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Msg>) {
-        loop {
-            let msg = match rx.try_recv() {
-                Ok(msg) => msg,
-                Err(TryRecvError::Empty) => {
-                    // Queue drained: make what we have visible, then wait.
-                    self.flush();
-                    match rx.recv() {
-                        Ok(msg) => msg,
-                        Err(_) => break,
+    fn broken(&self) -> bool {
+        self.queue.stats.broken.load(Ordering::Relaxed)
+    }
+
+    fn run(mut self) {
+        let mut batch = VecDeque::new();
+        while let Taken::Batch = self.queue.take(&mut batch) {
+            for msg in batch.drain(..) {
+                match msg {
+                    Msg::Flush(ack) => {
+                        self.write_out();
+                        // Always reach the output's own flush: a flush
+                        // request means "make it visible now".
+                        if !self.broken() {
+                            let _ = self.out.flush();
+                        }
+                        let _ = ack.send(());
                     }
+                    record => self.record(&record),
                 }
-                Err(TryRecvError::Disconnected) => break,
-            };
-            match msg {
-                Msg::Flush(ack) => {
-                    self.flush();
-                    let _ = ack.send(());
+                if self.buf.len() >= BUF_SIZE {
+                    self.write_out();
                 }
-                record => self.record(&record),
             }
-        }
-        self.flush();
-        if self.broken {
-            // Drop buffered bytes instead of retrying the failed output.
-            let _ = self.out.into_parts();
+            self.write_out();
         }
     }
 
     fn record(&mut self, msg: &Msg) {
-        if self.broken {
+        let is_record = msg.is_record();
+        if self.broken() {
+            if is_record {
+                self.queue.stats.add_dropped(DropReason::OutputError, 1);
+                self.queue.done(1);
+            }
             return;
         }
-        match catch_unwind(AssertUnwindSafe(|| self.format(msg))) {
-            Ok(true) => {}
-            Ok(false) => return,
+        let formatted = match catch_unwind(AssertUnwindSafe(|| self.format(msg))) {
+            Ok(formatted) => formatted,
             Err(_) => {
                 tracing::error!("flow log formatting panicked; record skipped");
-                return;
+                false
+            }
+        };
+        if formatted {
+            let bytes = match self.format {
+                LogFormat::Text => self.text.as_bytes(),
+                LogFormat::Json => self.json.as_slice(),
+            };
+            self.buf.extend_from_slice(bytes);
+        }
+        if is_record {
+            // Skipped records (nothing to print) count as done at once.
+            self.buf_records += 1;
+        }
+    }
+
+    /// Write the buffer out; the records in it are done either way.
+    fn write_out(&mut self) {
+        let n = std::mem::take(&mut self.buf_records);
+        if !self.buf.is_empty() && !self.broken() {
+            let res = self
+                .out
+                .write_all(&self.buf)
+                .and_then(|()| self.out.flush());
+            match res {
+                Ok(()) => {
+                    self.queue
+                        .stats
+                        .written
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.queue
+                        .stats
+                        .add_dropped(DropReason::OutputError, n as u64);
+                    self.fail(&error);
+                }
             }
         }
-        let bytes = match self.format {
-            LogFormat::Text => self.text.as_bytes(),
-            LogFormat::Json => self.json.as_slice(),
-        };
-        if let Err(error) = self.out.write_all(bytes) {
-            self.fail(&error);
+        self.buf.clear();
+        self.queue.done(n);
+    }
+
+    fn fail(&mut self, error: &io::Error) {
+        self.queue.stats.broken.store(true, Ordering::Relaxed);
+        tracing::error!(
+            %error,
+            "flow log output failed; no more flows can be logged (records are counted in tproxy_flowlog_records_dropped_total{{reason=\"output_error\"}})"
+        );
+        if let Some(hook) = self.on_failure.take() {
+            hook(error);
         }
     }
 
@@ -142,6 +213,11 @@ impl Writer {
                     }
                     Msg::Http(f) => text::http(&mut self.text, f, &self.opts),
                     Msg::Tcp(f) => text::tcp(&mut self.text, f, &self.opts),
+                    Msg::Gap(g) => {
+                        let now = std::time::SystemTime::now();
+                        let offset = self.offset_at(unix_millis(now).div_euclid(1000));
+                        text::gap(&mut self.text, g, now, offset);
+                    }
                     Msg::Flush(_) => return false,
                 }
                 true
@@ -151,6 +227,7 @@ impl Writer {
                 let res = match msg {
                     Msg::Http(f) => json::http(&mut self.json, f, &self.opts),
                     Msg::Tcp(f) => json::tcp(&mut self.json, f),
+                    Msg::Gap(g) => json::gap(&mut self.json, g, std::time::SystemTime::now()),
                     Msg::Conn(_) | Msg::Flush(_) => return false,
                 };
                 match res {
@@ -162,20 +239,6 @@ impl Writer {
                 }
             }
         }
-    }
-
-    fn flush(&mut self) {
-        if self.broken {
-            return;
-        }
-        if let Err(error) = self.out.flush() {
-            self.fail(&error);
-        }
-    }
-
-    fn fail(&mut self, error: &io::Error) {
-        self.broken = true;
-        tracing::warn!(%error, "flow log output failed; flow logging stopped, further records are discarded");
     }
 
     fn offset_at(&mut self, unix_secs: i64) -> i32 {

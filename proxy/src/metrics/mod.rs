@@ -6,6 +6,7 @@
 mod exposition;
 pub mod flows;
 pub mod labels;
+pub mod observers;
 pub mod tls;
 
 use prometheus::{
@@ -57,6 +58,8 @@ pub struct Metrics {
     pub failopen_opened: IntCounter,
     /// Per-request metrics by source pod (None with `--metrics=false`).
     pub flows: Option<flows::FlowStats>,
+    /// The flow log, stderr and worker heartbeats.
+    pub observers: observers::Observers,
 }
 
 /// What [`Metrics::new`] needs from the configuration.
@@ -211,7 +214,9 @@ impl Metrics {
                 labels::HostTable::new(opts.max_hosts, opts.rules.as_deref()),
             )
         });
+        let observers = observers::Observers::new(&registry, opts.workers)?;
         Ok(Metrics {
+            observers,
             conns,
             active: [gauge("active_regular")?, gauge("active_transparent")?],
             passthrough_active: [gauge("pt_regular")?, gauge("pt_transparent")?],

@@ -34,6 +34,7 @@ pub struct ProxyBuilder {
     netns: Option<String>,
     env: Vec<(String, String)>,
     program: Option<PathBuf>,
+    hold_stdout: bool,
 }
 
 impl ProxyBuilder {
@@ -90,6 +91,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Leaves the proxy's stdout pipe unread (a stuck log reader) until
+    /// [`Proxy::release_stdout`] or [`Proxy::close_stdout`].
+    pub fn hold_stdout(mut self) -> Self {
+        self.hold_stdout = true;
+        self
+    }
+
     /// Starts the proxy and waits until every listener (and the admin one,
     /// unless `off`) is reported on stderr. Panics with the captured output
     /// when it exits or stays silent past [`START_TIMEOUT`].
@@ -141,12 +149,26 @@ impl ProxyBuilder {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-        let stdout = capture(child.stdout.take().expect("stdout piped"));
-        let stderr = capture(child.stderr.take().expect("stderr piped"));
+        let stdout_gate = Gate::new(if self.hold_stdout {
+            GateState::Hold
+        } else {
+            GateState::Read
+        });
+        let stdout = capture_gated(
+            child.stdout.take().expect("stdout piped"),
+            stdout_gate.clone(),
+        );
+        let stderr_gate = Gate::new(GateState::Read);
+        let stderr = capture_gated(
+            child.stderr.take().expect("stderr piped"),
+            stderr_gate.clone(),
+        );
         let mut p = Proxy {
             child,
             stdout,
+            stdout_gate,
             stderr,
+            stderr_gate,
             confdir,
             _confdir_tmp: confdir_tmp,
             listeners: Vec::new(),
@@ -184,16 +206,64 @@ impl ProxyBuilder {
 
 type Lines = Arc<Mutex<Vec<String>>>;
 
+/// Whether a captured pipe is being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GateState {
+    /// Not read (yet): the writer's pipe fills up.
+    Hold,
+    /// Read line by line.
+    Read,
+    /// Closed unread: the writer gets EPIPE.
+    Close,
+}
+
+/// Lets a test decide when a pipe is read.
+#[derive(Clone)]
+struct Gate(Arc<(Mutex<GateState>, std::sync::Condvar)>);
+
+impl Gate {
+    fn new(state: GateState) -> Self {
+        Self(Arc::new((Mutex::new(state), std::sync::Condvar::new())))
+    }
+
+    fn set(&self, state: GateState) {
+        *self.0.0.lock().expect("gate lock") = state;
+        self.0.1.notify_all();
+    }
+
+    fn wait_open(&self) -> GateState {
+        let mut st = self.0.0.lock().expect("gate lock");
+        while *st == GateState::Hold {
+            st = self.0.1.wait(st).expect("gate lock");
+        }
+        *st
+    }
+}
+
 /// Reads `r` line by line into a shared buffer (ANSI colour codes removed,
 /// so patterns match whatever the tracing formatter decides).
 fn capture(r: impl std::io::Read + Send + 'static) -> Lines {
+    capture_gated(r, Gate::new(GateState::Read))
+}
+
+/// [`capture`], starting only when `gate` opens (or dropping `r` unread
+/// when it closes).
+fn capture_gated(r: impl std::io::Read + Send + 'static, gate: Gate) -> Lines {
     let lines: Lines = Arc::default();
     let l = lines.clone();
     let ansi = Regex::new("\x1b\\[[0-9;]*m").expect("regex");
     std::thread::spawn(move || {
+        if gate.wait_open() == GateState::Close {
+            drop(r);
+            return;
+        }
         let mut r = BufReader::new(r);
         let mut buf = Vec::new();
         loop {
+            // Paused between lines (a stuck reader) until the test resumes.
+            if gate.wait_open() == GateState::Close {
+                return;
+            }
             buf.clear();
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
@@ -223,7 +293,9 @@ pub struct Rss {
 pub struct Proxy {
     child: Child,
     stdout: Lines,
+    stdout_gate: Gate,
     stderr: Lines,
+    stderr_gate: Gate,
     confdir: PathBuf,
     _confdir_tmp: Option<tempfile::TempDir>,
     listeners: Vec<(String, SocketAddr)>,
@@ -283,6 +355,27 @@ impl Proxy {
     /// PID of the proxy.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Starts reading a stdout held by [`ProxyBuilder::hold_stdout`].
+    pub fn release_stdout(&self) {
+        self.stdout_gate.set(GateState::Read);
+    }
+
+    /// Closes a stdout held by [`ProxyBuilder::hold_stdout`] without
+    /// reading it: the proxy's next write fails with EPIPE.
+    pub fn close_stdout(&self) {
+        self.stdout_gate.set(GateState::Close);
+    }
+
+    /// Stops reading stderr (after the line being read): a stuck reader.
+    pub fn pause_stderr(&self) {
+        self.stderr_gate.set(GateState::Hold);
+    }
+
+    /// Reads stderr again after [`Proxy::pause_stderr`].
+    pub fn resume_stderr(&self) {
+        self.stderr_gate.set(GateState::Read);
     }
 
     /// Snapshot of stdout lines (the flow log).
@@ -365,6 +458,12 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // A held stdout would keep the capture thread waiting forever.
+        for gate in [&self.stdout_gate, &self.stderr_gate] {
+            if *gate.0.0.lock().expect("gate lock") == GateState::Hold {
+                gate.set(GateState::Read);
+            }
+        }
         terminate_child(&mut self.child, Duration::from_secs(5));
         if std::thread::panicking() {
             eprintln!("{}\n{}", self.desc, self.dump());

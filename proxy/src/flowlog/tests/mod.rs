@@ -1,5 +1,6 @@
 //! Tests of the formats (golden strings) and of the writer thread.
 
+mod backpressure;
 mod format;
 mod mitmproxy;
 mod writer;

@@ -113,6 +113,24 @@ impl Exporter {
             let _ = t.join();
         }
     }
+
+    /// [`Exporter::shutdown`], waiting at most until `deadline`: an export
+    /// still in progress then (a collector that does not answer) is left
+    /// behind with its spans, and the process exits without it.
+    pub fn shutdown_until(mut self, deadline: Instant) {
+        self.stop.store(true, Ordering::Release);
+        let Some(t) = self.thread.take() else { return };
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            tracing::warn!(
+                "shutdown deadline reached while spans were still being exported; they are lost"
+            );
+        }
+    }
 }
 
 /// How often the exporter drains the queue (and looks at the stop flag).
