@@ -133,7 +133,26 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
         Sniff::Tls(hello) => {
             let sni_host = hello.sni.clone();
             if let Some(sni) = &sni_host
+                && let Some(name) = connect_name(&dest)
+                && !crate::engine::same_host(sni, name)
+            {
+                // Explicit proxy: the CONNECT target is where the bytes go;
+                // a TLS session naming another host is refused before TLS.
+                worker.shared.metrics.conn(ctx.mode, ConnKind::Refused);
+                log_conn_error(
+                    worker,
+                    &ctx,
+                    format!(
+                        "refused TLS for `{sni}` inside a CONNECT tunnel to {}: the TLS server name must be the CONNECT target",
+                        dest.authority()
+                    ),
+                );
+                deny_connection(tcp, DenyHow::TlsAlert).await;
+                return;
+            }
+            if let Some(sni) = &sni_host
                 && cfg.is_ignored(sni, dest.port)
+                && sni_reaches(worker, &ctx, sni, &dest, "--ignore-hosts").await
             {
                 passthrough(
                     worker,
@@ -150,12 +169,25 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
             // TLS fail-open: a host whose clients keep rejecting our
             // certificate (pinning) is passed through for a while.
             let fail_host = sni_host.clone().unwrap_or_else(|| dest.host.clone());
-            if worker.shared.policy.fail_open().is_open(&fail_host) {
+            if worker.shared.policy.fail_open().is_open(&fail_host)
+                && (sni_host.is_none()
+                    || sni_reaches(worker, &ctx, &fail_host, &dest, "TLS fail-open").await)
+            {
                 passthrough(worker, &ctx, tcp, buf, dest, sni_host, "tls fail-open").await;
                 return;
             }
             ctx.sni = sni_host;
-            match verdict::for_connection(worker, &ctx, dest.port) {
+            let mut decided = verdict::for_connection(worker, &ctx, dest.port);
+            if let (ConnVerdict::Passthrough { rule }, Some(sni)) = (&decided, &ctx.sni)
+                && !sni_reaches(worker, &ctx, sni, &dest, &format!("rule {rule}")).await
+            {
+                // A passthrough is never verified by us: decide again
+                // without the unbound claim (intercepting verifies it).
+                let claim = ctx.sni.take();
+                decided = verdict::for_connection(worker, &ctx, dest.port);
+                ctx.sni = claim;
+            }
+            match decided {
                 ConnVerdict::Intercept => intercept_tls(worker, ctx, tcp, buf, hello, dest).await,
                 ConnVerdict::Passthrough { rule } => {
                     let sni = ctx.sni.clone();
@@ -200,6 +232,41 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
             passthrough(worker, &ctx, tcp, buf, dest, None, "not HTTP or TLS").await;
         }
     }
+}
+
+/// The CONNECT target when it is a name (explicit proxy, not an address).
+fn connect_name(dest: &Target) -> Option<&str> {
+    (dest.addr.is_none() && dest.host.parse::<std::net::IpAddr>().is_err())
+        .then_some(dest.host.as_str())
+}
+
+/// Whether the client's TLS server name is bound to where tproxy would
+/// splice the bytes, for decisions that pass TLS through unverified: the
+/// CONNECT target itself, or a name resolving (tproxy's resolver) to the
+/// destination address. An unbound name is logged and not used.
+async fn sni_reaches(worker: &Worker, ctx: &ConnCtx, sni: &str, dest: &Target, what: &str) -> bool {
+    if let Some(name) = connect_name(dest) {
+        return crate::engine::same_host(sni, name);
+    }
+    let Ok(want) = dest.host.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let want = origdst::normalize(std::net::SocketAddr::new(want, 0)).ip();
+    let bound = match upstream::resolve(worker, sni, dest.port).await {
+        Ok(addrs) => addrs.iter().any(|a| origdst::normalize(*a).ip() == want),
+        Err(_) => false,
+    };
+    if !bound {
+        log_conn_error(
+            worker,
+            ctx,
+            format!(
+                "TLS server name `{sni}` does not resolve to the destination {}: not passed through by {what}; intercepted (the upstream certificate is verified)",
+                dest.authority()
+            ),
+        );
+    }
+    bound
 }
 
 /// Read until the first bytes classify (bounded in size and time).

@@ -50,9 +50,14 @@ pub(super) async fn serve(
     };
     let route = match request::route(&scope, &head) {
         Ok(r) => r,
-        Err(msg) => {
-            send_text(&mut respond, 400, &[], error_body(&msg));
-            log_conn_error(worker, ctx, msg);
+        Err(e) => {
+            let msg = e.to_string();
+            send_text(&mut respond, e.status(), &[], error_body(&msg));
+            log_conn_error(
+                worker,
+                ctx,
+                format!("refused {} {}: {msg}", head.method, head.target),
+            );
             return;
         }
     };
@@ -167,7 +172,12 @@ impl Exchange<'_> {
     /// Answer the stream with a 502 naming `msg` (or reset it when the
     /// response already started) and record the error.
     pub fn fail(&mut self, msg: String) {
-        send_text(&mut self.respond, 502, &[], error_body(&msg));
+        self.fail_with(502, msg);
+    }
+
+    /// [`Self::fail`] with another status (504 for an upstream that never answered).
+    pub fn fail_with(&mut self, status: u16, msg: String) {
+        send_text(&mut self.respond, status, &[], error_body(&msg));
         self.flow.response = None;
         self.flow.error = Some(msg);
     }
@@ -247,13 +257,30 @@ impl Exchange<'_> {
         // (then the upstream stream is reset with the same reason).
         let mut resp_fut = resp_fut;
         let respond = &mut self.respond;
-        let waited = poll_fn(|cx| {
-            if let Poll::Ready(Ok(reason)) = respond.poll_reset(cx) {
-                return Poll::Ready(Err(reason));
-            }
-            Pin::new(&mut resp_fut).poll(cx).map(Ok)
-        })
+        let idle = worker.shared.cfg.idle_timeout;
+        let waited = monoio::time::timeout(
+            idle,
+            poll_fn(|cx| {
+                if let Poll::Ready(Ok(reason)) = respond.poll_reset(cx) {
+                    return Poll::Ready(Err(reason));
+                }
+                Pin::new(&mut resp_fut).poll(cx).map(Ok)
+            }),
+        )
         .await;
+        let Ok(waited) = waited else {
+            // Accepted and never answered: a gateway timeout.
+            if let Some(s) = idle_send.as_mut() {
+                s.send_reset(Reason::CANCEL);
+            }
+            self.fail_with(
+                504,
+                format!("upstream did not answer within {}s", idle.as_secs()),
+            );
+            // A body still being pumped ends with the streams (detached).
+            drop(req_task);
+            return;
+        };
         let waited = match waited {
             Ok(r) => r,
             Err(reason) => {
