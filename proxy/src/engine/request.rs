@@ -375,7 +375,7 @@ mod tests {
         headers.append("Proxy-Connection", "keep-alive");
         let head = RequestHead {
             method: "GET".into(),
-            target: "http://user:pw@Example.com:81/a?b".into(),
+            target: "http://Example.com:81/a?b".into(),
             minor_version: 0,
             headers,
         };
@@ -400,8 +400,114 @@ mod tests {
         assert!(
             route(&Scope::Proxy, &head)
                 .unwrap_err()
+                .to_string()
                 .contains("HTTP_PROXY")
         );
+    }
+
+    fn get(target: &str, host: Option<&str>) -> RequestHead {
+        let mut headers = crate::http1::codec::Headers::new();
+        if let Some(h) = host {
+            headers.append("Host", h);
+        }
+        RequestHead {
+            method: "GET".into(),
+            target: target.into(),
+            minor_version: 1,
+            headers,
+        }
+    }
+
+    fn fixed(host: &str, port: u16, addr: bool, tls: Option<Option<&str>>) -> Scope {
+        Scope::Fixed {
+            target: Target {
+                host: host.into(),
+                port,
+                addr: addr.then(|| format!("{host}:{port}").parse().unwrap()),
+                tls: tls.map(|n| n.map(str::to_owned)),
+            },
+            tls: tls.is_some(),
+        }
+    }
+
+    #[test]
+    fn userinfo_is_refused() {
+        let e = route(&Scope::Proxy, &get("http://allowed@evil.com/", None)).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains("userinfo"), "{e}");
+        let tunnel = fixed("evil.com", 80, false, None);
+        let e = route(&tunnel, &get("/", Some("allowed@evil.com"))).unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+    }
+
+    #[test]
+    fn identity_is_where_the_connection_goes() {
+        // CONNECT evil.com:8080 + Host: allowed.com → 421.
+        let tunnel = fixed("evil.com", 8080, false, None);
+        let e = route(&tunnel, &get("/", Some("allowed.com"))).unwrap_err();
+        assert_eq!(e.status(), 421, "{e}");
+        let e = route(&tunnel, &get("http://allowed.com/x", Some("evil.com"))).unwrap_err();
+        assert_eq!(e.status(), 421, "{e}");
+        // Same host, any case, trailing dot, other port in Host: accepted,
+        // labelled by the connection's port.
+        let r = route(&tunnel, &get("/a/../b", Some("EVIL.com.:1"))).unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.url.as_str()),
+            ("evil.com", "http://evil.com:8080/b")
+        );
+        assert_eq!(r.path, "/b");
+        // TLS: the verified server name.
+        let tls = fixed("10.0.0.1", 443, true, Some(Some("api.example")));
+        assert_eq!(
+            route(&tls, &get("/", Some("other.example")))
+                .unwrap_err()
+                .status(),
+            421
+        );
+        let r = route(&tls, &get("/", Some("api.example"))).unwrap();
+        assert_eq!(r.url, "https://api.example/");
+        // Plain HTTP to an address: the Host is a claim, labelled by the address.
+        let plain = fixed("10.0.0.1", 80, true, None);
+        let r = route(&plain, &get("/x", Some("allowed.com"))).unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.url.as_str()),
+            ("10.0.0.1", "http://10.0.0.1/x")
+        );
+        assert_eq!(r.host_header, "allowed.com");
+        // No Host (HTTP/1.0): the identity.
+        let r = route(&tunnel, &get("/", None)).unwrap();
+        assert_eq!(r.host_header, "evil.com:8080");
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_forwarded() {
+        let mut h = get("/", Some("a"));
+        h.headers.append("Connection", "Upgrade, HTTP2-Settings");
+        h.headers.append("Upgrade", "h2c");
+        h.headers
+            .append("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA");
+        assert_eq!(upgrade_token(&h), None);
+        let r = route(&Scope::Proxy, &get("http://a/", None)).unwrap();
+        let up = upstream_head(h, &r, BodyKind::Empty, None);
+        assert!(up.headers.get("upgrade").is_none());
+        assert!(up.headers.get("http2-settings").is_none());
+        let mut ws = get("/", Some("a"));
+        ws.headers.append("Connection", "upgrade");
+        ws.headers.append("Upgrade", "WebSocket");
+        assert_eq!(upgrade_token(&ws).as_deref(), Some(&b"websocket"[..]));
+    }
+
+    #[test]
+    fn agreeing_content_lengths_are_forwarded_as_one() {
+        let mut h = get("http://a/", None);
+        h.method = "POST".into();
+        h.headers.append("Content-Length", "5, 5");
+        h.headers.append("Content-Length", "5");
+        let kind = codec::request_body_kind(&h).unwrap();
+        let r = route(&Scope::Proxy, &h).unwrap();
+        let up = upstream_head(h, &r, kind, None);
+        let all: Vec<&[u8]> = up.headers.get_all("content-length").collect();
+        assert_eq!(all, [&b"5"[..]]);
     }
 
     #[test]
