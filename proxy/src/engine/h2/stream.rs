@@ -61,6 +61,9 @@ pub(super) async fn serve(
             return;
         }
     };
+    // The upstream gets the path the rules see (normal form).
+    let mut head = head;
+    head.target = route.path.clone();
     let mut flow = new_flow(worker, ctx, started, &head, &route);
     flow.request_version = HttpVersion::Http2;
     flow.trace = observe::trace::begin(worker, ctx, head.headers.get("traceparent"));
