@@ -202,8 +202,10 @@ fn hundred_concurrent_streams_on_one_connection() {
         "{out}\n{}",
         p.dump()
     );
-    // The URL names the client's :authority (the tunnel's port).
-    let re = format!(r"GET {} HTTP/2\.0$", regex::escape(&url));
+    // The URL names where tproxy connects (the CONNECT target), not the
+    // port in the client's :authority (the local tunnel's): issue #20.
+    let logged = format!("https://localhost:{}/small.txt", ng.https_port);
+    let re = format!(r"GET {} HTTP/2\.0$", regex::escape(&logged));
     let lines = p.wait_for_stdout_n(&re, 100, T);
     assert_eq!(lines.len(), 100, "{}", p.dump());
     let log = ng.access_log();

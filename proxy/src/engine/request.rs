@@ -118,14 +118,18 @@ pub fn route(scope: &Scope, head: &RequestHead) -> Result<Route, RouteError> {
                 }
             };
             let path = normalise(&path)?;
-            let (identity, why) = identity(target);
+            let (mut identity, why) = identity(target);
             if let Some(claim) = &claim {
                 let (claimed, _) = split_authority(claim, default_port).ok_or_else(|| {
                     RouteError::Bad(format!(
                         "invalid Host `{claim}` (expected host or host:port, no userinfo)"
                     ))
                 })?;
-                if !is_ip(&identity) && !same_host(&claimed, &identity) {
+                if is_connection_address(&claimed, target) {
+                    // The request names the address the bytes go to: a true
+                    // name of the destination, used as such.
+                    identity = claimed;
+                } else if !is_ip(&identity) && !same_host(&claimed, &identity) {
                     return Err(RouteError::Misdirected {
                         claimed,
                         identity,
@@ -156,6 +160,19 @@ fn identity(target: &Target) -> (String, &'static str) {
         _ => (target.host.as_str(), "the CONNECT target"),
     };
     (canonical_host(host), why)
+}
+
+/// Whether `claimed` is the address the connection goes to (a client that
+/// names the IP it reached: not another host).
+fn is_connection_address(claimed: &str, target: &Target) -> bool {
+    let Ok(ip) = claimed.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    target.addr.is_some_and(|a| a.ip() == ip)
+        || target
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|h| h == ip)
 }
 
 /// Lower-case, no trailing dot.
@@ -466,6 +483,15 @@ mod tests {
         );
         let r = route(&tls, &get("/", Some("api.example"))).unwrap();
         assert_eq!(r.url, "https://api.example/");
+        // Naming the address the connection goes to is not another host.
+        let r = route(&tls, &get("/", Some("10.0.0.1:443"))).unwrap();
+        assert_eq!(r.url, "https://10.0.0.1/");
+        assert_eq!(
+            route(&tls, &get("/", Some("10.0.0.2")))
+                .unwrap_err()
+                .status(),
+            421
+        );
         // Plain HTTP to an address: the Host is a claim, labelled by the address.
         let plain = fixed("10.0.0.1", 80, true, None);
         let r = route(&plain, &get("/x", Some("allowed.com"))).unwrap();
