@@ -470,47 +470,21 @@ async fn preconnect(
         other => other,
     };
     match res {
-        Ok((c, t)) if !client_h2 && shared.cfg.http2 && needs_h2_probe(worker, target, &c) => {
-            probe_h2(worker, ctx, target, c, t).await
+        Ok((c, t)) => {
+            if is_no_alpn_tls(&c) {
+                // RFC 7301: a server that selects no protocol speaks
+                // HTTP/1.1; it is not probed again with h2.
+                engine::h2::client::mark_h1_only(worker, target);
+            }
+            Preconnected::Conn(Box::new(c), t)
         }
-        Ok((c, t)) => Preconnected::Conn(Box::new(c), t),
         Err(e) => Preconnected::Failed(e),
     }
 }
 
-/// A fresh TLS connection on which the server selected no ALPN protocol
-/// although http/1.1 was offered: either a server without ALPN (HTTP/1) or
-/// an h2-only server that ignores offers it cannot serve.
-fn needs_h2_probe(worker: &Worker, target: &Target, c: &upstream::UpstreamConn) -> bool {
-    !c.reused
-        && matches!(c.io, crate::net::stream::UpstreamIo::Tls(_))
-        && c.io.alpn().is_none()
-        && !engine::h2::client::is_h1_only(worker, target)
-}
-
-/// Tell the two apart with one connection offering h2 only; the answer is
-/// remembered per worker (h2 connection kept, or the target marked HTTP/1).
-async fn probe_h2(
-    worker: &Worker,
-    ctx: &ConnCtx,
-    target: &Target,
-    first: upstream::UpstreamConn,
-    timings: upstream::ConnectTimings,
-) -> Preconnected {
-    let tls = worker.shared.upstream_alpn.for_offer(&[ALPN_H2]);
-    match upstream::connect_with(worker, target, ctx.client, tls).await {
-        Ok((c, t)) if c.io.alpn() == Some(ALPN_H2) => {
-            worker.closed_upstreams([first]);
-            Preconnected::Conn(Box::new(c), t)
-        }
-        other => {
-            if let Ok((c, _)) = other {
-                worker.closed_upstreams([c]);
-            }
-            engine::h2::client::mark_h1_only(worker, target);
-            Preconnected::Conn(Box::new(first), timings)
-        }
-    }
+/// A fresh TLS connection on which the server selected no ALPN protocol.
+fn is_no_alpn_tls(c: &upstream::UpstreamConn) -> bool {
+    !c.reused && matches!(c.io, crate::net::stream::UpstreamIo::Tls(_)) && c.io.alpn().is_none()
 }
 
 /// The ALPN protocol answered to the client: the upstream's choice when the
