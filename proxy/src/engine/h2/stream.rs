@@ -321,6 +321,10 @@ impl Exchange<'_> {
             let (r, cap) = t.await;
             match r {
                 Ok(n) => self.flow.request_bytes = n,
+                // RST_STREAM(NO_ERROR) after a complete response: the
+                // upstream needs no more of the body (RFC 9113 §8.1), not
+                // an error.
+                Err(PumpError::DstReset(Reason::NO_ERROR)) if self.flow.response.is_some() => {}
                 Err(e) => {
                     if self.flow.error.is_none() {
                         self.flow.error = Some(format!("request body: {e}"));
