@@ -170,6 +170,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     pub idle_timeout: f64,
 
+    /// A request head must be complete SECS after its first byte (else 408), however long
+    /// the connection waited for it (--idle-timeout).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub request_head_timeout: f64,
+
+    /// A request body may keep tproxy waiting for it SECS in total, plus one second per
+    /// --request-body-min-rate bytes received (else 408 and the upstream connection is closed).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub request_body_timeout: f64,
+
+    /// Bytes of request body that earn one more second of --request-body-timeout; 0 makes
+    /// --request-body-timeout a total deadline.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    pub request_body_min_rate: u64,
+
     /// On SIGTERM/SIGINT, let in-flight flows finish for up to SECS before exiting.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub shutdown_timeout: f64,
@@ -380,6 +395,8 @@ pub struct Config {
     pub relay_mode: RelayMode,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub request_head_timeout: Duration,
+    pub request_body: crate::engine::pace::BodyPace,
     pub shutdown_timeout: Duration,
     pub limits: Limits,
     pub cert_cache_size: usize,
@@ -488,6 +505,11 @@ impl TryFrom<&RunArgs> for Config {
             relay_mode: a.passthrough,
             connect_timeout: secs("--connect-timeout", a.connect_timeout)?,
             idle_timeout: secs("--idle-timeout", a.idle_timeout)?,
+            request_head_timeout: secs("--request-head-timeout", a.request_head_timeout)?,
+            request_body: crate::engine::pace::BodyPace {
+                timeout: secs("--request-body-timeout", a.request_body_timeout)?,
+                min_rate: a.request_body_min_rate,
+            },
             shutdown_timeout: secs("--shutdown-timeout", a.shutdown_timeout)?,
             limits: Limits {
                 max_head_bytes: a.max_header_bytes,

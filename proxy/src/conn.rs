@@ -133,7 +133,26 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
         Sniff::Tls(hello) => {
             let sni_host = hello.sni.clone();
             if let Some(sni) = &sni_host
+                && let Some(name) = connect_name(&dest)
+                && !crate::engine::same_host(sni, name)
+            {
+                // Explicit proxy: the CONNECT target is where the bytes go;
+                // a TLS session naming another host is refused before TLS.
+                worker.shared.metrics.conn(ctx.mode, ConnKind::Refused);
+                log_conn_error(
+                    worker,
+                    &ctx,
+                    format!(
+                        "refused TLS for `{sni}` inside a CONNECT tunnel to {}: the TLS server name must be the CONNECT target",
+                        dest.authority()
+                    ),
+                );
+                deny_connection(tcp, DenyHow::TlsAlert).await;
+                return;
+            }
+            if let Some(sni) = &sni_host
                 && cfg.is_ignored(sni, dest.port)
+                && sni_reaches(worker, &ctx, sni, &dest, "--ignore-hosts").await
             {
                 passthrough(
                     worker,
@@ -150,12 +169,25 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
             // TLS fail-open: a host whose clients keep rejecting our
             // certificate (pinning) is passed through for a while.
             let fail_host = sni_host.clone().unwrap_or_else(|| dest.host.clone());
-            if worker.shared.policy.fail_open().is_open(&fail_host) {
+            if worker.shared.policy.fail_open().is_open(&fail_host)
+                && (sni_host.is_none()
+                    || sni_reaches(worker, &ctx, &fail_host, &dest, "TLS fail-open").await)
+            {
                 passthrough(worker, &ctx, tcp, buf, dest, sni_host, "tls fail-open").await;
                 return;
             }
             ctx.sni = sni_host;
-            match verdict::for_connection(worker, &ctx, dest.port) {
+            let mut decided = verdict::for_connection(worker, &ctx, dest.port);
+            if let (ConnVerdict::Passthrough { rule }, Some(sni)) = (&decided, &ctx.sni)
+                && !sni_reaches(worker, &ctx, sni, &dest, &format!("rule {rule}")).await
+            {
+                // A passthrough is never verified by us: decide again
+                // without the unbound claim (intercepting verifies it).
+                let claim = ctx.sni.take();
+                decided = verdict::for_connection(worker, &ctx, dest.port);
+                ctx.sni = claim;
+            }
+            match decided {
                 ConnVerdict::Intercept => intercept_tls(worker, ctx, tcp, buf, hello, dest).await,
                 ConnVerdict::Passthrough { rule } => {
                     let sni = ctx.sni.clone();
@@ -200,6 +232,41 @@ async fn tunnel(worker: &Worker, mut ctx: ConnCtx, mut tcp: Tcp, mut buf: Vec<u8
             passthrough(worker, &ctx, tcp, buf, dest, None, "not HTTP or TLS").await;
         }
     }
+}
+
+/// The CONNECT target when it is a name (explicit proxy, not an address).
+fn connect_name(dest: &Target) -> Option<&str> {
+    (dest.addr.is_none() && dest.host.parse::<std::net::IpAddr>().is_err())
+        .then_some(dest.host.as_str())
+}
+
+/// Whether the client's TLS server name is bound to where tproxy would
+/// splice the bytes, for decisions that pass TLS through unverified: the
+/// CONNECT target itself, or a name resolving (tproxy's resolver) to the
+/// destination address. An unbound name is logged and not used.
+async fn sni_reaches(worker: &Worker, ctx: &ConnCtx, sni: &str, dest: &Target, what: &str) -> bool {
+    if let Some(name) = connect_name(dest) {
+        return crate::engine::same_host(sni, name);
+    }
+    let Ok(want) = dest.host.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let want = origdst::normalize(std::net::SocketAddr::new(want, 0)).ip();
+    let bound = match upstream::resolve(worker, sni, dest.port).await {
+        Ok(addrs) => addrs.iter().any(|a| origdst::normalize(*a).ip() == want),
+        Err(_) => false,
+    };
+    if !bound {
+        log_conn_error(
+            worker,
+            ctx,
+            format!(
+                "TLS server name `{sni}` does not resolve to the destination {}: not passed through by {what}; intercepted (the upstream certificate is verified)",
+                dest.authority()
+            ),
+        );
+    }
+    bound
 }
 
 /// Read until the first bytes classify (bounded in size and time).
@@ -403,47 +470,21 @@ async fn preconnect(
         other => other,
     };
     match res {
-        Ok((c, t)) if !client_h2 && shared.cfg.http2 && needs_h2_probe(worker, target, &c) => {
-            probe_h2(worker, ctx, target, c, t).await
+        Ok((c, t)) => {
+            if is_no_alpn_tls(&c) {
+                // RFC 7301: a server that selects no protocol speaks
+                // HTTP/1.1; it is not probed again with h2.
+                engine::h2::client::mark_h1_only(worker, target);
+            }
+            Preconnected::Conn(Box::new(c), t)
         }
-        Ok((c, t)) => Preconnected::Conn(Box::new(c), t),
         Err(e) => Preconnected::Failed(e),
     }
 }
 
-/// A fresh TLS connection on which the server selected no ALPN protocol
-/// although http/1.1 was offered: either a server without ALPN (HTTP/1) or
-/// an h2-only server that ignores offers it cannot serve.
-fn needs_h2_probe(worker: &Worker, target: &Target, c: &upstream::UpstreamConn) -> bool {
-    !c.reused
-        && matches!(c.io, crate::net::stream::UpstreamIo::Tls(_))
-        && c.io.alpn().is_none()
-        && !engine::h2::client::is_h1_only(worker, target)
-}
-
-/// Tell the two apart with one connection offering h2 only; the answer is
-/// remembered per worker (h2 connection kept, or the target marked HTTP/1).
-async fn probe_h2(
-    worker: &Worker,
-    ctx: &ConnCtx,
-    target: &Target,
-    first: upstream::UpstreamConn,
-    timings: upstream::ConnectTimings,
-) -> Preconnected {
-    let tls = worker.shared.upstream_alpn.for_offer(&[ALPN_H2]);
-    match upstream::connect_with(worker, target, ctx.client, tls).await {
-        Ok((c, t)) if c.io.alpn() == Some(ALPN_H2) => {
-            worker.closed_upstreams([first]);
-            Preconnected::Conn(Box::new(c), t)
-        }
-        other => {
-            if let Ok((c, _)) = other {
-                worker.closed_upstreams([c]);
-            }
-            engine::h2::client::mark_h1_only(worker, target);
-            Preconnected::Conn(Box::new(first), timings)
-        }
-    }
+/// A fresh TLS connection on which the server selected no ALPN protocol.
+fn is_no_alpn_tls(c: &upstream::UpstreamConn) -> bool {
+    !c.reused && matches!(c.io, crate::net::stream::UpstreamIo::Tls(_)) && c.io.alpn().is_none()
 }
 
 /// The ALPN protocol answered to the client: the upstream's choice when the

@@ -136,6 +136,9 @@ pub fn run(cfg: Config) -> Result<Outcome, StartError> {
             let a = l
                 .local_addr()
                 .map_err(|source| StartError::Admin { addr, source })?;
+            // The loop guard covers the admin listener too: `/metrics` and
+            // `/ca.pem` are not a destination reachable through the proxy.
+            listen_addrs.push(a);
             Some((l, a))
         }
         None => None,

@@ -25,7 +25,7 @@ pub struct Shared {
     pub certs: CertCache,
     pub flowlog: FlowLog,
     pub metrics: Metrics,
-    /// Addresses our listeners are bound to (loop guard).
+    /// Addresses our listeners are bound to, admin included (loop guard).
     pub listen_addrs: Vec<SocketAddr>,
     /// Set on SIGTERM/SIGINT: stop accepting, finish in-flight flows.
     pub shutting_down: AtomicBool,

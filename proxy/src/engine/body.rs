@@ -96,9 +96,13 @@ where
     let mut dec = ChunkedDecoder::new();
     let mut payload = 0u64;
     let mut plain = Vec::new();
+    // The trailer section is held back (bounded by the decoder) until it is
+    // complete, then forwarded without framing and control fields.
+    let mut trailer = Vec::new();
     loop {
         if !pending.is_empty() {
             plain.clear();
+            let in_trailer = dec.past_last_chunk();
             let progress = dec
                 .decode(pending, &mut |d: &[u8]| {
                     payload += d.len() as u64;
@@ -108,16 +112,26 @@ where
                     }
                 })
                 .map_err(BodyError::Framing)?;
+            let body_end = match progress.trailer_start {
+                Some(t) => t,
+                None if in_trailer => 0,
+                None => progress.consumed,
+            };
+            trailer.extend_from_slice(&pending[body_end..progress.consumed]);
             let out = if dechunk {
                 &plain[..]
             } else {
-                &pending[..progress.consumed]
+                &pending[..body_end]
             };
             if !out.is_empty() {
                 dst.write_all(out).await.map_err(BodyError::Write)?;
             }
             pending.drain(..progress.consumed);
             if progress.done {
+                if !dechunk {
+                    let kept = crate::http1::chunked::filter_trailer_section(&trailer);
+                    dst.write_all(&kept).await.map_err(BodyError::Write)?;
+                }
                 return Ok(payload);
             }
         }
@@ -235,6 +249,23 @@ mod tests {
         let (r, out, _) = run(BodyKind::Chunked, body, b"", true);
         assert_eq!(r.unwrap(), 5);
         assert_eq!(out, b"abcde");
+    }
+
+    #[test]
+    fn framing_fields_are_dropped_from_trailers() {
+        let body = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nContent-Length: 99\r\n\
+                     Transfer-Encoding: chunked\r\nHost: evil\r\nx-t: 1\r\n\r\nNEXT";
+        let want = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-t: 1\r\n\r\n";
+        let (r, out, rest) = run(BodyKind::Chunked, body, b"", false);
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
+        assert_eq!(rest, b"NEXT");
+        // Split anywhere, the same bytes go out.
+        for cut in 1..body.len() - 4 {
+            let (r, out, _) = run(BodyKind::Chunked, &body[..cut], &body[cut..], false);
+            assert_eq!(r.unwrap(), 3, "cut {cut}");
+            assert_eq!(out, want, "cut {cut}");
+        }
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! head + streamed body up → response head + streamed body down → flow log.
 
 pub mod body;
+mod expect;
 pub mod h2;
+pub mod pace;
+pub mod path;
 mod request;
 mod respond;
 pub mod verdict;
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Mode;
-use crate::flowlog::{ConnEvent, ConnEventKind, HttpFlow, HttpVersion, ResponseSummary, Timings};
+use crate::flowlog::{
+    ConnEvent, ConnEventKind, HttpFlow, HttpVersion, ResponseSummary, TcpFlow, Timings,
+};
 use crate::http1::codec::{
     self, BodyKind, Headers, ParseError, RequestHead, ResponseHead, parse_request, parse_response,
 };
@@ -25,7 +30,7 @@ use crate::upstream::{self, UpstreamConn, UpstreamError};
 use crate::worker::Worker;
 
 use body::{BodyError, Capture};
-pub use request::{Scope, split_authority};
+pub use request::{Scope, same_host, split_authority};
 pub use respond::error_response as respond_error;
 use respond::send_error;
 
@@ -99,7 +104,11 @@ pub async fn serve(
         }
         // 1. Request head.
         let quit = || shared.shutting_down();
-        let head = match read_head(client, &mut buf, shared.cfg.idle_timeout, &quit, |b| {
+        let waits = HeadWaits {
+            idle: shared.cfg.idle_timeout,
+            head: shared.cfg.request_head_timeout,
+        };
+        let head = match read_head(client, &mut buf, waits, &quit, |b| {
             parse_request(b, &limits)
         })
         .await
@@ -118,6 +127,15 @@ pub async fn serve(
                 };
                 let _ = send_error(client, status, &e.to_string()).await;
                 log_conn_error(worker, ctx, format!("bad request from client: {e}"));
+                break;
+            }
+            Err(HeadError::HeadTimeout) => {
+                let msg = format!(
+                    "request head not complete within {}s of its first byte (--request-head-timeout)",
+                    waits.head.as_secs()
+                );
+                let _ = send_error(client, 408, &msg).await;
+                log_conn_error(worker, ctx, msg);
                 break;
             }
             Err(HeadError::Io(_)) => break,
@@ -144,9 +162,14 @@ pub async fn serve(
         // 2. Where it goes, and its framing.
         let route = match request::route(&scope, &head) {
             Ok(r) => r,
-            Err(msg) => {
-                let _ = send_error(client, 400, &msg).await;
-                log_conn_error(worker, ctx, msg);
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = send_error(client, e.status(), &msg).await;
+                log_conn_error(
+                    worker,
+                    ctx,
+                    format!("refused {} {}: {msg}", head.method, head.target),
+                );
                 break;
             }
         };
@@ -270,6 +293,11 @@ pub async fn serve(
                 worker.closed_upstreams([conn]);
                 break;
             }
+            Outcome::Upgraded(tcp) => {
+                worker.closed_upstreams([conn]);
+                shared.flowlog.tcp(*tcp);
+                break;
+            }
             Outcome::CloseClient => {
                 current = Some(conn);
                 break;
@@ -289,6 +317,9 @@ enum Outcome {
     CloseUpstream,
     CloseClient,
     CloseBoth,
+    /// A `101` turned the connection into a relay, now ended (logged as its
+    /// own flow after the request's).
+    Upgraded(Box<TcpFlow>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -315,6 +346,16 @@ async fn exchange(
         .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     let method = head.method.clone();
 
+    // Framing errors already readable in the bytes that came with the head
+    // are refused before anything is forwarded (the rest is validated as it
+    // streams: nothing past an error is ever written upstream).
+    if req_kind == BodyKind::Chunked && !buf.is_empty() {
+        let mut check = codec::ChunkedDecoder::new();
+        if let Err(e) = check.decode(buf, &mut |_| {}) {
+            return client_framing_error(client, flow, t0, &e.to_string()).await;
+        }
+    }
+
     // Request head upstream.
     let mut up_head = request::upstream_head(head, route, req_kind, upgrade.as_deref());
     verdict::apply(&verdict.request_headers, &mut up_head.headers);
@@ -332,95 +373,166 @@ async fn exchange(
         )
         .await;
     }
+    let limits = shared.cfg.limits;
+    let mut ubuf = Vec::with_capacity(8192);
+    // `Expect: 100-continue` was forwarded: the upstream may refuse the body
+    // before it is sent (413, 401, 417 …), or say 100.
+    let mut early: Option<ResponseHead> = None;
+    let mut continued = false;
     if expect_continue && !matches!(req_kind, BodyKind::Empty) {
-        // We answer 100 Continue ourselves and stream the body (Expect is not
-        // forwarded): robust against upstreams that ignore Expect.
-        if client
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return Outcome::CloseBoth;
+        loop {
+            match expect::await_continue(client, buf, &mut conn.io, &mut ubuf, &limits).await {
+                expect::Continue::ClientSent => break,
+                expect::Continue::Quiet => {
+                    // An upstream ignoring Expect: unblock the client as
+                    // tproxy did before (curl would send after 1 s anyway).
+                    continued = true;
+                    if client
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return Outcome::CloseBoth;
+                    }
+                    let _ = client.flush().await;
+                    break;
+                }
+                expect::Continue::Upstream(h)
+                    if (100..200).contains(&h.status) && h.status != 101 =>
+                {
+                    continued |= h.status == 100;
+                    let mut o = Vec::new();
+                    codec::write_response_head(&h, &mut o);
+                    if client.write_all(&o).await.is_err() {
+                        return Outcome::CloseBoth;
+                    }
+                    let _ = client.flush().await;
+                    if continued {
+                        break;
+                    }
+                }
+                expect::Continue::Upstream(h) => {
+                    early = Some(h);
+                    break;
+                }
+                expect::Continue::ClientGone => {
+                    flow.error =
+                        Some("client closed the connection before sending the body".into());
+                    return Outcome::CloseBoth;
+                }
+                expect::Continue::UpstreamFailed(msg) => {
+                    return upstream_failed(client, flow, t0, msg).await;
+                }
+            }
         }
-        let _ = client.flush().await;
     }
-    let mut req_cap = Capture::new(capture_limit);
-    match body::relay(client, buf, &mut conn.io, req_kind, false, &mut req_cap).await {
-        Ok(n) => flow.request_bytes = n,
-        Err(BodyError::Write(e)) => {
-            return upstream_failed(
-                client,
-                flow,
-                t0,
-                format!("upstream closed the connection while receiving the request body: {e}"),
-            )
-            .await;
+    if early.is_none() {
+        let mut req_cap = Capture::new(capture_limit);
+        let relayed = {
+            let mut paced = pace::Paced::new(client, shared.cfg.request_body);
+            body::relay(&mut paced, buf, &mut conn.io, req_kind, false, &mut req_cap).await
+        };
+        match relayed {
+            Ok(n) => flow.request_bytes = n,
+            Err(BodyError::Read(e)) if pace::Paced::<ClientIo>::is_too_slow(&e) => {
+                let msg = format!("{e} (--request-body-timeout, --request-body-min-rate)");
+                return answer_failure(client, flow, t0, 408, msg).await;
+            }
+            Err(BodyError::Write(e)) => {
+                return upstream_failed(
+                    client,
+                    flow,
+                    t0,
+                    format!("upstream closed the connection while receiving the request body: {e}"),
+                )
+                .await;
+            }
+            Err(BodyError::Framing(e)) => {
+                // Nothing past the error was forwarded; the upstream connection
+                // (holding an incomplete request) is closed.
+                return client_framing_error(client, flow, t0, &e.to_string()).await;
+            }
+            Err(e) => {
+                // Client side broke mid-body: nothing sensible to answer.
+                flow.error = Some(format!("client: {e}"));
+                return Outcome::CloseBoth;
+            }
         }
-        Err(e) => {
-            // Client side broke mid-body: nothing sensible to answer.
-            flow.error = Some(format!("client: {e}"));
-            return Outcome::CloseBoth;
+        flow.request_body = req_cap.finish();
+        if let Err(e) = conn.io.flush().await {
+            return upstream_failed(client, flow, t0, format!("upstream: {e}")).await;
         }
-    }
-    flow.request_body = req_cap.finish();
-    if let Err(e) = conn.io.flush().await {
-        return upstream_failed(client, flow, t0, format!("upstream: {e}")).await;
     }
 
     // Response head (skipping interim 1xx other than 101).
-    let mut ubuf = Vec::with_capacity(8192);
-    let limits = shared.cfg.limits;
-    let resp = loop {
-        match read_head(
-            &mut conn.io,
-            &mut ubuf,
-            shared.cfg.idle_timeout,
-            &|| false,
-            |b| parse_response(b, &limits),
-        )
-        .await
-        {
-            Ok(Some((h, n))) => {
-                ubuf.drain(..n);
-                if (100..200).contains(&h.status) && h.status != 101 {
-                    if h.status != 100 || !expect_continue {
-                        // Forward informational responses (103 Early Hints ...).
-                        let mut o = Vec::new();
-                        codec::write_response_head(&h, &mut o);
-                        let _ = client.write_all(&o).await;
+    let answered_early = early.is_some();
+    let resp = if let Some(h) = early.take() {
+        h
+    } else {
+        loop {
+            match read_head(
+                &mut conn.io,
+                &mut ubuf,
+                HeadWaits::total(shared.cfg.idle_timeout),
+                &|| false,
+                |b| parse_response(b, &limits),
+            )
+            .await
+            {
+                Ok(Some((h, n))) => {
+                    ubuf.drain(..n);
+                    if (100..200).contains(&h.status) && h.status != 101 {
+                        if h.status != 100 || !continued {
+                            // Forward informational responses (103 Early Hints ...).
+                            let mut o = Vec::new();
+                            codec::write_response_head(&h, &mut o);
+                            let _ = client.write_all(&o).await;
+                        }
+                        continue;
                     }
-                    continue;
+                    break h;
                 }
-                break h;
-            }
-            Ok(None) => {
-                return upstream_failed(
-                    client,
-                    flow,
-                    t0,
-                    "upstream closed the connection without a response".into(),
-                )
-                .await;
-            }
-            Err(HeadError::Parse(e)) => {
-                return upstream_failed(
-                    client,
-                    flow,
-                    t0,
-                    format!("upstream sent an invalid response: {e}"),
-                )
-                .await;
-            }
-            Err(HeadError::Io(e)) => {
-                let msg = if e.kind() == std::io::ErrorKind::TimedOut {
-                    format!(
+                Ok(None) => {
+                    return upstream_failed(
+                        client,
+                        flow,
+                        t0,
+                        "upstream closed the connection without a response".into(),
+                    )
+                    .await;
+                }
+                Err(HeadError::Parse(e)) => {
+                    return upstream_failed(
+                        client,
+                        flow,
+                        t0,
+                        format!("upstream sent an invalid response: {e}"),
+                    )
+                    .await;
+                }
+                Err(HeadError::HeadTimeout) => {
+                    return answer_failure(
+                        client,
+                        flow,
+                        t0,
+                        504,
+                        "upstream response head incomplete".into(),
+                    )
+                    .await;
+                }
+                Err(HeadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    // Accepted and never answered: a gateway timeout, not a bad
+                    // gateway.
+                    let msg = format!(
                         "upstream did not answer within {}s",
                         shared.cfg.idle_timeout.as_secs()
-                    )
-                } else {
-                    format!("reading the upstream response: {e}")
-                };
-                return upstream_failed(client, flow, t0, msg).await;
+                    );
+                    return answer_failure(client, flow, t0, 504, msg).await;
+                }
+                Err(HeadError::Io(e)) => {
+                    let msg = format!("reading the upstream response: {e}");
+                    return upstream_failed(client, flow, t0, msg).await;
+                }
             }
         }
     };
@@ -438,8 +550,19 @@ async fn exchange(
         }
     };
 
-    // 101: relay raw bytes both ways.
-    if resp.status == 101 && upgrade.is_some() {
+    if resp.status == 101 && !(upgrade.is_some() && request::upgrade_accepted(&resp)) {
+        // A switch nobody asked for (or to another protocol): never relayed.
+        return upstream_failed(
+            client,
+            flow,
+            t0,
+            "upstream switched protocols (101) to something other than the WebSocket upgrade tproxy forwarded"
+                .into(),
+        )
+        .await;
+    }
+    // 101: relay raw bytes both ways (a WebSocket, admitted by the rules).
+    if resp.status == 101 {
         let mut o = Vec::new();
         let mut h = resp.clone();
         codec::remove_hop_by_hop(&mut h.headers, true);
@@ -452,6 +575,7 @@ async fn exchange(
         if client.write_all(&o).await.is_err() || client.write_all(&ubuf).await.is_err() {
             return Outcome::CloseBoth;
         }
+        let early = buf.len() as u64;
         if !buf.is_empty() {
             if conn.io.write_all(buf).await.is_err() {
                 return Outcome::CloseBoth;
@@ -460,16 +584,45 @@ async fn exchange(
         }
         let _ = client.flush().await;
         let _ = conn.io.flush().await;
-        if let Ok((up, down)) = tokio::io::copy_bidirectional(client, &mut conn.io).await {
-            flow.request_bytes += up;
-            flow.response_bytes = down + ubuf.len() as u64;
+        let started = SystemTime::now();
+        let t1 = Instant::now();
+        let relayed = tokio::io::copy_bidirectional(client, &mut conn.io).await;
+        // The upgraded connection is its own flow-log line: what follows the
+        // 101 is relayed as bytes, admitted by the rule that allowed the GET.
+        let mut reason = format!("websocket upgrade of {} {}", flow.method, flow.url);
+        if let Some(rule) = &flow.rule {
+            reason.push_str(&format!(", rule {rule}"));
         }
-        return Outcome::CloseBoth;
+        let mut tcp = TcpFlow {
+            started,
+            client: flow.client,
+            mode: flow.mode,
+            destination: flow.destination.clone(),
+            server_addr: Some(conn.addr),
+            sni: flow.sni.clone(),
+            client_to_server: early,
+            server_to_client: ubuf.len() as u64,
+            duration: Duration::ZERO,
+            reason,
+            error: None,
+        };
+        match relayed {
+            Ok((up, down)) => {
+                tcp.client_to_server += up;
+                tcp.server_to_client += down;
+            }
+            Err(e) => tcp.error = Some(e.to_string()),
+        }
+        tcp.duration = t1.elapsed();
+        return Outcome::Upgraded(Box::new(tcp));
     }
 
     // Response head to the client.
     let dechunk = client_minor == 0 && resp_kind == BodyKind::Chunked;
-    let close_client = client_close || matches!(resp_kind, BodyKind::UntilClose) || dechunk;
+    // After an answer before the body, the client may still send it: the
+    // connection cannot be reused for a next request.
+    let close_client =
+        client_close || matches!(resp_kind, BodyKind::UntilClose) || dechunk || answered_early;
     let mut down = resp.clone();
     codec::remove_hop_by_hop(&mut down.headers, !dechunk);
     verdict::apply(&verdict.response_headers, &mut down.headers);
@@ -515,7 +668,8 @@ async fn exchange(
         verdict.redact_logged(&mut r.headers, shared.cfg.show_secrets);
     }
     let _ = client.flush().await;
-    let upstream_reusable = !matches!(resp_kind, BodyKind::UntilClose)
+    let upstream_reusable = !answered_early
+        && !matches!(resp_kind, BodyKind::UntilClose)
         && ubuf.is_empty()
         && resp.minor_version == 1
         && !resp.headers.has_token("connection", "close");
@@ -534,7 +688,29 @@ async fn upstream_failed(
     t0: Instant,
     msg: String,
 ) -> Outcome {
-    let _ = send_error(client, 502, &msg).await;
+    answer_failure(client, flow, t0, 502, msg).await
+}
+
+/// The client's body framing is broken: `400`, both connections closed.
+async fn client_framing_error(
+    client: &mut ClientIo,
+    flow: &mut HttpFlow,
+    t0: Instant,
+    what: &str,
+) -> Outcome {
+    let msg = format!("rejected request body: {what}");
+    answer_failure(client, flow, t0, 400, msg).await
+}
+
+/// Answer the client with `status` naming `msg` and close.
+async fn answer_failure(
+    client: &mut ClientIo,
+    flow: &mut HttpFlow,
+    t0: Instant,
+    status: u16,
+    msg: String,
+) -> Outcome {
+    let _ = send_error(client, status, &msg).await;
     flow.response = None;
     flow.error = Some(msg);
     flow.timings.total = t0.elapsed();
@@ -640,15 +816,35 @@ pub fn log_conn_error(worker: &Worker, ctx: &ConnCtx, message: String) {
 enum HeadError {
     Parse(ParseError),
     Io(std::io::Error),
+    /// The head started but did not complete within [`HeadWaits::head`].
+    HeadTimeout,
+}
+
+/// How long [`read_head`] waits: for the first byte, then for the rest.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadWaits {
+    /// Before the first byte (an idle keep-alive connection).
+    idle: Duration,
+    /// From the first byte to the end of the head.
+    head: Duration,
+}
+
+impl HeadWaits {
+    /// One deadline for the whole head.
+    pub(crate) fn total(d: Duration) -> Self {
+        HeadWaits { idle: d, head: d }
+    }
 }
 
 /// Read until `parse` yields a head. `Ok(None)`: clean EOF before any byte,
 /// or `quit()` turned true while no byte of a new head had arrived (reads on
 /// poll-io streams are cancel-safe, so waking up to check loses nothing).
+/// Waits `waits.idle` for the first byte (`Io(TimedOut)`), then `waits.head`
+/// from the first byte to the end of the head (`HeadTimeout`).
 async fn read_head<R, T>(
     r: &mut R,
     buf: &mut Vec<u8>,
-    idle: Duration,
+    waits: HeadWaits,
     quit: &dyn Fn() -> bool,
     parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, ParseError>,
 ) -> Result<Option<(T, usize)>, HeadError>
@@ -657,17 +853,27 @@ where
 {
     const TICK: Duration = Duration::from_millis(250);
     let started = Instant::now();
+    let mut first_byte = (!buf.is_empty()).then_some(started);
     loop {
         if !buf.is_empty()
             && let Some(x) = parse(buf).map_err(HeadError::Parse)?
         {
             return Ok(Some(x));
         }
+        if first_byte.is_none() && !buf.is_empty() {
+            first_byte = Some(Instant::now());
+        }
         buf.reserve(8192);
         let n = loop {
-            let left = idle.saturating_sub(started.elapsed());
+            let left = match first_byte {
+                Some(t) => waits.head.saturating_sub(t.elapsed()),
+                None => waits.idle.saturating_sub(started.elapsed()),
+            };
             if left.is_zero() {
-                return Err(HeadError::Io(std::io::ErrorKind::TimedOut.into()));
+                return Err(match first_byte {
+                    Some(_) => HeadError::HeadTimeout,
+                    None => HeadError::Io(std::io::ErrorKind::TimedOut.into()),
+                });
             }
             match monoio::time::timeout(left.min(TICK), r.read_buf(buf)).await {
                 Ok(Ok(n)) => break n,

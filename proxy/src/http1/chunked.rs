@@ -29,6 +29,9 @@ pub struct Progress {
     pub consumed: usize,
     /// The terminating chunk and trailer section were fully consumed.
     pub done: bool,
+    /// Where in this input the trailer section began (just after the
+    /// last-chunk line), when it began in this call.
+    pub trailer_start: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +63,56 @@ enum State {
     FinalLf,
     /// The body is complete.
     Done,
+}
+
+/// Trailer fields that frame, route, authenticate or otherwise control a
+/// message (RFC 9110 §6.5.1): a recipient must not merge them into the
+/// header section, and some do; they are dropped from forwarded trailers.
+const FORBIDDEN_TRAILERS: &[&str] = &[
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "expect",
+    "host",
+    "keep-alive",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "range",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "www-authenticate",
+];
+
+/// Whether a trailer field of this name is forwarded.
+pub fn trailer_allowed(name: &str) -> bool {
+    !FORBIDDEN_TRAILERS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name.trim()))
+}
+
+/// A complete, validated trailer section (`field CRLF`* `CRLF`) without the
+/// fields [`trailer_allowed`] refuses.
+pub fn filter_trailer_section(section: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(section.len());
+    for line in section.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        let is_field = line.contains(&b':');
+        if !is_field || trailer_allowed(&String::from_utf8_lossy(name)) {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 /// Incremental, validating chunked-body scanner. The proxy forwards the raw
@@ -98,6 +151,20 @@ impl ChunkedDecoder {
         Self::default()
     }
 
+    /// Whether the last chunk was seen and the trailer section (possibly
+    /// empty) is being read or was read.
+    pub fn past_last_chunk(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart
+                | State::TrailerName
+                | State::TrailerValue
+                | State::TrailerLf
+                | State::FinalLf
+                | State::Done
+        )
+    }
+
     /// Whether the whole body (last chunk, trailers, final CRLF) was seen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -114,6 +181,7 @@ impl ChunkedDecoder {
         on_data: &mut dyn FnMut(&[u8]),
     ) -> Result<Progress, FramingError> {
         let mut i = 0;
+        let mut trailer_start = None;
         while i < input.len() {
             if self.state == State::Done {
                 break;
@@ -131,12 +199,17 @@ impl ChunkedDecoder {
                 }
                 continue;
             }
+            let before = self.state;
             self.step(input[i])?;
             i += 1;
+            if before == State::SizeLf && self.state == State::TrailerStart {
+                trailer_start = Some(i);
+            }
         }
         Ok(Progress {
             consumed: i,
             done: self.state == State::Done,
+            trailer_start,
         })
     }
 

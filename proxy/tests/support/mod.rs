@@ -17,6 +17,7 @@ pub mod nginx;
 pub mod pki;
 pub mod proxy;
 pub mod pyup;
+pub mod rawlog;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};

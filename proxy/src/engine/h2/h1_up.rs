@@ -10,7 +10,7 @@ use super::body::{H2Reader, H2Writer};
 use super::stream::Exchange;
 use super::translate;
 use crate::engine::body::{self, BodyError, Capture};
-use crate::engine::{HeadError, read_head, request};
+use crate::engine::{HeadError, HeadWaits, read_head, request};
 use crate::flowlog::HttpVersion;
 use crate::http1::codec::{self, BodyKind, RequestHead, parse_response};
 use crate::upstream::UpstreamConn;
@@ -121,7 +121,7 @@ async fn run(
         let r = read_head(
             &mut conn.io,
             &mut ubuf,
-            shared.cfg.idle_timeout,
+            HeadWaits::total(shared.cfg.idle_timeout),
             &|| false,
             |b| parse_response(b, &limits),
         )
@@ -140,6 +140,21 @@ async fn run(
             }
             Err(HeadError::Parse(e)) => {
                 x.fail(format!("upstream sent an invalid response: {e}"));
+                return false;
+            }
+            Err(HeadError::HeadTimeout) => {
+                x.fail_with(504, "upstream response head incomplete".into());
+                return false;
+            }
+            Err(HeadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                // Accepted and never answered: a gateway timeout.
+                x.fail_with(
+                    504,
+                    format!(
+                        "upstream did not answer within {}s",
+                        shared.cfg.idle_timeout.as_secs()
+                    ),
+                );
                 return false;
             }
             Err(HeadError::Io(e)) => {

@@ -50,12 +50,20 @@ pub(super) async fn serve(
     };
     let route = match request::route(&scope, &head) {
         Ok(r) => r,
-        Err(msg) => {
-            send_text(&mut respond, 400, &[], error_body(&msg));
-            log_conn_error(worker, ctx, msg);
+        Err(e) => {
+            let msg = e.to_string();
+            send_text(&mut respond, e.status(), &[], error_body(&msg));
+            log_conn_error(
+                worker,
+                ctx,
+                format!("refused {} {}: {msg}", head.method, head.target),
+            );
             return;
         }
     };
+    // The upstream gets the path the rules see (normal form).
+    let mut head = head;
+    head.target = route.path.clone();
     let mut flow = new_flow(worker, ctx, started, &head, &route);
     flow.request_version = HttpVersion::Http2;
     flow.trace = observe::trace::begin(worker, ctx, head.headers.get("traceparent"));
@@ -167,7 +175,12 @@ impl Exchange<'_> {
     /// Answer the stream with a 502 naming `msg` (or reset it when the
     /// response already started) and record the error.
     pub fn fail(&mut self, msg: String) {
-        send_text(&mut self.respond, 502, &[], error_body(&msg));
+        self.fail_with(502, msg);
+    }
+
+    /// [`Self::fail`] with another status (504 for an upstream that never answered).
+    pub fn fail_with(&mut self, status: u16, msg: String) {
+        send_text(&mut self.respond, status, &[], error_body(&msg));
         self.flow.response = None;
         self.flow.error = Some(msg);
     }
@@ -247,13 +260,30 @@ impl Exchange<'_> {
         // (then the upstream stream is reset with the same reason).
         let mut resp_fut = resp_fut;
         let respond = &mut self.respond;
-        let waited = poll_fn(|cx| {
-            if let Poll::Ready(Ok(reason)) = respond.poll_reset(cx) {
-                return Poll::Ready(Err(reason));
-            }
-            Pin::new(&mut resp_fut).poll(cx).map(Ok)
-        })
+        let idle = worker.shared.cfg.idle_timeout;
+        let waited = monoio::time::timeout(
+            idle,
+            poll_fn(|cx| {
+                if let Poll::Ready(Ok(reason)) = respond.poll_reset(cx) {
+                    return Poll::Ready(Err(reason));
+                }
+                Pin::new(&mut resp_fut).poll(cx).map(Ok)
+            }),
+        )
         .await;
+        let Ok(waited) = waited else {
+            // Accepted and never answered: a gateway timeout.
+            if let Some(s) = idle_send.as_mut() {
+                s.send_reset(Reason::CANCEL);
+            }
+            self.fail_with(
+                504,
+                format!("upstream did not answer within {}s", idle.as_secs()),
+            );
+            // A body still being pumped ends with the streams (detached).
+            drop(req_task);
+            return;
+        };
         let waited = match waited {
             Ok(r) => r,
             Err(reason) => {
@@ -291,6 +321,10 @@ impl Exchange<'_> {
             let (r, cap) = t.await;
             match r {
                 Ok(n) => self.flow.request_bytes = n,
+                // RST_STREAM(NO_ERROR) after a complete response: the
+                // upstream needs no more of the body (RFC 9113 §8.1), not
+                // an error.
+                Err(PumpError::DstReset(Reason::NO_ERROR)) if self.flow.response.is_some() => {}
                 Err(e) => {
                     if self.flow.error.is_none() {
                         self.flow.error = Some(format!("request body: {e}"));
