@@ -21,7 +21,7 @@ use crate::http1::codec::{
 };
 use crate::net::stream::ClientIo;
 use crate::observe;
-use crate::upstream::{self, UpstreamConn, UpstreamError};
+use crate::upstream::{self, UpstreamConn, UpstreamError, failure};
 use crate::worker::Worker;
 
 use body::{BodyError, Capture};
@@ -200,7 +200,7 @@ pub async fn serve(
         if let Some(e) = pre_error.take() {
             let status = e.status();
             let _ = send_error(client, status, &e.to_string()).await;
-            finish_error(worker, ctx, flow, t0, e.to_string());
+            finish_upstream_error(worker, ctx, flow, t0, &e);
             break;
         }
         // The worker speaks HTTP/2 to this upstream: one stream per request
@@ -248,7 +248,7 @@ pub async fn serve(
             Ok(x) => x,
             Err(e) => {
                 let _ = send_error(client, e.status(), &e.to_string()).await;
-                finish_error(worker, ctx, flow, t0, e.to_string());
+                finish_upstream_error(worker, ctx, flow, t0, &e);
                 break;
             }
         };
@@ -263,6 +263,9 @@ pub async fn serve(
         .await;
         flow.timings.total = t0.elapsed();
         observe::http_done(worker, ctx, flow);
+        // A kept connection is a reused one for the next request (the
+        // keep-alive race applies to it as to a pooled one).
+        conn.reused = true;
         match outcome {
             Outcome::KeepAlive => current = Some(conn),
             Outcome::CloseUpstream => worker.closed_upstreams([conn]),
@@ -323,104 +326,54 @@ async fn exchange(
     }
     let mut out = Vec::with_capacity(512);
     codec::write_request_head(&up_head, &mut out);
-    if let Err(e) = conn.io.write_all(&out).await {
-        return upstream_failed(
-            client,
-            flow,
-            t0,
-            format!("upstream closed the connection: {e}"),
-        )
-        .await;
-    }
-    if expect_continue && !matches!(req_kind, BodyKind::Empty) {
-        // We answer 100 Continue ourselves and stream the body (Expect is not
-        // forwarded): robust against upstreams that ignore Expect.
-        if client
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return Outcome::CloseBoth;
-        }
-        let _ = client.flush().await;
-    }
-    let mut req_cap = Capture::new(capture_limit);
-    match body::relay(client, buf, &mut conn.io, req_kind, false, &mut req_cap).await {
-        Ok(n) => flow.request_bytes = n,
-        Err(BodyError::Write(e)) => {
-            return upstream_failed(
-                client,
-                flow,
-                t0,
-                format!("upstream closed the connection while receiving the request body: {e}"),
-            )
-            .await;
-        }
-        Err(e) => {
-            // Client side broke mid-body: nothing sensible to answer.
-            flow.error = Some(format!("client: {e}"));
-            return Outcome::CloseBoth;
-        }
-    }
-    flow.request_body = req_cap.finish();
-    if let Err(e) = conn.io.flush().await {
-        return upstream_failed(client, flow, t0, format!("upstream: {e}")).await;
-    }
-
-    // Response head (skipping interim 1xx other than 101).
+    let body_empty = matches!(req_kind, BodyKind::Empty);
+    let mut sent_continue = false;
     let mut ubuf = Vec::with_capacity(8192);
-    let limits = shared.cfg.limits;
+    // A reused connection the server closed as the request went out (the
+    // keep-alive race) gets the request once more on a new connection when
+    // that is safe (upstream/failure.rs).
     let resp = loop {
-        match read_head(
-            &mut conn.io,
-            &mut ubuf,
-            shared.cfg.idle_timeout,
-            &|| false,
-            |b| parse_response(b, &limits),
-        )
-        .await
-        {
-            Ok(Some((h, n))) => {
-                ubuf.drain(..n);
-                if (100..200).contains(&h.status) && h.status != 101 {
-                    if h.status != 100 || !expect_continue {
-                        // Forward informational responses (103 Early Hints ...).
-                        let mut o = Vec::new();
-                        codec::write_response_head(&h, &mut o);
-                        let _ = client.write_all(&o).await;
-                    }
-                    continue;
-                }
-                break h;
+        let mut s = Send {
+            worker,
+            client,
+            buf,
+            out: &out,
+            req_kind,
+            expect_continue,
+            sent_continue: &mut sent_continue,
+            flow,
+            ubuf: &mut ubuf,
+        };
+        let (stage, cause, msg) = match s.run(conn).await {
+            Ok(h) => break h,
+            Err(SendError::Client) => return Outcome::CloseBoth,
+            Err(SendError::Upstream { stage, cause, msg }) => (stage, cause, msg),
+        };
+        let retry =
+            stage.is_some_and(|st| failure::h1_retryable(conn.reused, st, &method, body_empty));
+        if !retry {
+            return upstream_failed(worker, client, flow, t0, cause, msg).await;
+        }
+        let cause = failure::Cause::IdleCloseRace;
+        tracing::debug!(error = %msg, method = %method, "reused upstream connection closed before the response; retrying on a new one");
+        match upstream::connect(worker, &route.target, flow.client).await {
+            Ok((fresh, t)) => {
+                failure::record_retry(&shared.metrics, flow, cause);
+                log_server_connect_to(worker, flow.client, &fresh);
+                let stale = std::mem::replace(conn, fresh);
+                worker.closed_upstreams([stale]);
+                flow.server_addr = Some(conn.addr);
+                flow.timings.connect = t.connect;
+                flow.timings.tls = t.tls;
+                ubuf.clear();
             }
-            Ok(None) => {
-                return upstream_failed(
-                    client,
-                    flow,
-                    t0,
-                    "upstream closed the connection without a response".into(),
-                )
-                .await;
-            }
-            Err(HeadError::Parse(e)) => {
-                return upstream_failed(
-                    client,
-                    flow,
-                    t0,
-                    format!("upstream sent an invalid response: {e}"),
-                )
-                .await;
-            }
-            Err(HeadError::Io(e)) => {
-                let msg = if e.kind() == std::io::ErrorKind::TimedOut {
-                    format!(
-                        "upstream did not answer within {}s",
-                        shared.cfg.idle_timeout.as_secs()
-                    )
-                } else {
-                    format!("reading the upstream response: {e}")
-                };
-                return upstream_failed(client, flow, t0, msg).await;
+            Err(e) => {
+                let msg = format!("{msg}; a new connection failed too: {e}");
+                let status = e.status();
+                let _ = send_error(client, status, &msg).await;
+                failure::record(&shared.metrics, flow, failure::connect_cause(&e), msg);
+                flow.response = None;
+                return Outcome::CloseBoth;
             }
         }
     };
@@ -429,9 +382,11 @@ async fn exchange(
         Ok(k) => k,
         Err(e) => {
             return upstream_failed(
+                worker,
                 client,
                 flow,
                 t0,
+                failure::Cause::Invalid,
                 format!("upstream response has invalid framing: {e}"),
             )
             .await;
@@ -506,7 +461,8 @@ async fn exchange(
             return Outcome::CloseBoth;
         }
         Err(e) => {
-            flow.error = Some(format!("upstream: {e}"));
+            let msg = format!("upstream failed during the response: {e}");
+            failure::record(&shared.metrics, flow, failure::Cause::Closed, msg);
             return Outcome::CloseBoth;
         }
     }
@@ -515,6 +471,10 @@ async fn exchange(
         verdict.redact_logged(&mut r.headers, shared.cfg.show_secrets);
     }
     let _ = client.flush().await;
+    conn.keep_alive = resp
+        .headers
+        .get("keep-alive")
+        .and_then(failure::keep_alive_timeout);
     let upstream_reusable = !matches!(resp_kind, BodyKind::UntilClose)
         && ubuf.is_empty()
         && resp.minor_version == 1
@@ -527,18 +487,198 @@ async fn exchange(
     }
 }
 
-/// Answer the client with 502 naming `msg` and close.
+/// Answer the client with 502 naming `msg` and close; the failure is
+/// counted under `cause`.
 async fn upstream_failed(
+    worker: &Worker,
     client: &mut ClientIo,
     flow: &mut HttpFlow,
     t0: Instant,
+    cause: failure::Cause,
     msg: String,
 ) -> Outcome {
     let _ = send_error(client, 502, &msg).await;
     flow.response = None;
-    flow.error = Some(msg);
+    failure::record(&worker.shared.metrics, flow, cause, msg);
     flow.timings.total = t0.elapsed();
     Outcome::CloseBoth
+}
+
+/// Why sending a request and reading its response head failed.
+enum SendError {
+    /// The client side broke (the flow's error says how).
+    Client,
+    /// The upstream side failed; `stage` is set when no response byte had
+    /// arrived (the failure may be the keep-alive race).
+    Upstream {
+        stage: Option<failure::H1Stage>,
+        cause: failure::Cause,
+        msg: String,
+    },
+}
+
+/// One attempt at sending a request head (+ body) and reading the
+/// response head, interim responses forwarded.
+struct Send<'a> {
+    worker: &'a Worker,
+    client: &'a mut ClientIo,
+    buf: &'a mut Vec<u8>,
+    /// The serialized request head.
+    out: &'a [u8],
+    req_kind: BodyKind,
+    expect_continue: bool,
+    /// `100 Continue` went to the client already (never twice).
+    sent_continue: &'a mut bool,
+    flow: &'a mut HttpFlow,
+    ubuf: &'a mut Vec<u8>,
+}
+
+impl Send<'_> {
+    async fn run(&mut self, conn: &mut UpstreamConn) -> Result<ResponseHead, SendError> {
+        use failure::{Cause, H1Stage};
+        let shared = &self.worker.shared;
+        let up = |stage, cause, msg| SendError::Upstream { stage, cause, msg };
+        if let Err(e) = conn.io.write_all(self.out).await {
+            return Err(up(
+                Some(H1Stage::Head),
+                Cause::Closed,
+                format!("upstream closed the connection: {e}"),
+            ));
+        }
+        let body_empty = matches!(self.req_kind, BodyKind::Empty);
+        if self.expect_continue && !body_empty && !*self.sent_continue {
+            // We answer 100 Continue ourselves and stream the body (Expect is not
+            // forwarded): robust against upstreams that ignore Expect.
+            *self.sent_continue = true;
+            if self
+                .client
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return Err(SendError::Client);
+            }
+            let _ = self.client.flush().await;
+        }
+        let mut req_cap = Capture::new(shared.flowlog.body_capture_limit());
+        match body::relay(
+            self.client,
+            self.buf,
+            &mut conn.io,
+            self.req_kind,
+            false,
+            &mut req_cap,
+        )
+        .await
+        {
+            Ok(n) => self.flow.request_bytes = n,
+            Err(BodyError::Write(e)) => {
+                return Err(up(
+                    None,
+                    Cause::Closed,
+                    format!("upstream closed the connection while receiving the request body: {e}"),
+                ));
+            }
+            Err(e) => {
+                // Client side broke mid-body: nothing sensible to answer.
+                self.flow.error = Some(format!("client: {e}"));
+                return Err(SendError::Client);
+            }
+        }
+        self.flow.request_body = req_cap.finish();
+        if let Err(e) = conn.io.flush().await {
+            let stage = body_empty.then_some(H1Stage::Head);
+            return Err(up(stage, Cause::Closed, format!("upstream: {e}")));
+        }
+
+        // Response head (skipping interim 1xx other than 101).
+        let limits = shared.cfg.limits;
+        let mut interim = false;
+        loop {
+            let waiting = (!interim).then_some(H1Stage::AwaitingResponse);
+            match read_head(
+                &mut conn.io,
+                self.ubuf,
+                shared.cfg.idle_timeout,
+                &|| false,
+                |b| parse_response(b, &limits),
+            )
+            .await
+            {
+                Ok(Some((h, n))) => {
+                    self.ubuf.drain(..n);
+                    if (100..200).contains(&h.status) && h.status != 101 {
+                        interim = true;
+                        if h.status != 100 || !self.expect_continue {
+                            // Forward informational responses (103 Early Hints ...).
+                            let mut o = Vec::new();
+                            codec::write_response_head(&h, &mut o);
+                            let _ = self.client.write_all(&o).await;
+                        }
+                        continue;
+                    }
+                    return Ok(h);
+                }
+                Ok(None) => {
+                    return Err(up(
+                        waiting,
+                        if conn.reused {
+                            Cause::IdleCloseRace
+                        } else {
+                            Cause::Closed
+                        },
+                        "upstream closed the connection without a response".into(),
+                    ));
+                }
+                Err(HeadError::Parse(e)) => {
+                    return Err(up(
+                        None,
+                        Cause::Invalid,
+                        format!("upstream sent an invalid response: {e}"),
+                    ));
+                }
+                Err(HeadError::Io(e)) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        let msg = format!(
+                            "upstream did not answer within {}s",
+                            shared.cfg.idle_timeout.as_secs()
+                        );
+                        return Err(up(None, Cause::Timeout, msg));
+                    }
+                    // A reset before any byte is the same race as a close.
+                    let stage = (self.ubuf.is_empty() && failure::is_peer_close(&e))
+                        .then_some(())
+                        .and(waiting);
+                    let cause = if stage.is_some() && conn.reused {
+                        Cause::IdleCloseRace
+                    } else {
+                        Cause::Closed
+                    };
+                    return Err(up(
+                        stage,
+                        cause,
+                        format!("reading the upstream response: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// [`finish_error`] for a connection that could not be made, counted by cause.
+fn finish_upstream_error(
+    worker: &Worker,
+    ctx: &ConnCtx,
+    mut flow: HttpFlow,
+    t0: Instant,
+    e: &UpstreamError,
+) {
+    flow.error_cause = Some(failure::connect_cause(e).as_str());
+    worker
+        .shared
+        .metrics
+        .upstream_failure(failure::connect_cause(e));
+    finish_error(worker, ctx, flow, t0, e.to_string());
 }
 
 fn finish_error(worker: &Worker, ctx: &ConnCtx, mut flow: HttpFlow, t0: Instant, msg: String) {
@@ -580,6 +720,8 @@ fn new_flow(
         tag: None,
         trace: None,
         error: None,
+        error_cause: None,
+        upstream_retries: 0,
     }
 }
 

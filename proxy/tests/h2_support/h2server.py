@@ -14,6 +14,12 @@ Paths (any method):
   /reset...     RST_STREAM with ENHANCE_YOUR_CALM (0xb) and no response
   /hang...      no answer at all
   /goaway...    200 "bye\\n", then GOAWAY (the socket stays open)
+  /refuse...    GOAWAY (NO_ERROR) with a last-stream-id below the stream, and
+                no answer: "not processed", every time
+  /refuse-once... the first time the path is seen (server-wide): RST_STREAM
+                REFUSED_STREAM; later like /echo
+  /goaway-once... the first time the path is seen: GOAWAY (NO_ERROR) with a
+                last-stream-id below the stream, no answer; later like /echo
   /trailers...  200, body "body before trailers\\n", then trailer x-check: yes
   /echo...      200, JSON list of the request header fields received, and
                 the request body's size and sha256
@@ -21,7 +27,8 @@ Paths (any method):
 Every response carries "x-upstream: h2-only".
 
 Prints "READY <port>" on stdout once listening, then one line
-"reset <path> <code>" per stream the client resets.
+"reset <path> <code>" per stream the client resets and one line
+"refused <path>" per stream it refused (GOAWAY or REFUSED_STREAM).
 """
 import argparse
 import hashlib
@@ -59,6 +66,18 @@ def context(cert, key, mismatch):
     return ctx
 
 
+SEEN = set()
+SEEN_LOCK = threading.Lock()
+
+
+def first_time(path):
+    with SEEN_LOCK:
+        if path in SEEN:
+            return False
+        SEEN.add(path)
+        return True
+
+
 class Conn:
     """One client connection, served by one thread (OpenSSL objects are not
     safe for concurrent read and write from different threads)."""
@@ -92,6 +111,16 @@ class Conn:
         try:
             if path.startswith("/hang"):
                 return
+            once = path.startswith("/refuse-once") or path.startswith("/goaway-once")
+            if (once and first_time(path)) or (path.startswith("/refuse") and not once):
+                print("refused", path, flush=True)
+                if path.startswith("/refuse-once"):
+                    self.h2.reset_stream(sid, error_code=0x7)
+                else:
+                    self.h2.close_connection(last_stream_id=max(sid - 2, 0))
+                return
+            if once:
+                path = "/echo"
             if path.startswith("/reset"):
                 self.h2.reset_stream(sid, error_code=0xB)
             elif path.startswith("/goaway"):

@@ -67,6 +67,8 @@ pub(super) fn flow() -> HttpFlow {
         tag: None,
         trace: None,
         error: None,
+        error_cause: None,
+        upstream_retries: 0,
     }
 }
 
