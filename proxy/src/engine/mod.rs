@@ -203,33 +203,54 @@ pub async fn serve(
             finish_upstream_error(worker, ctx, flow, t0, &e);
             break;
         }
-        // The worker speaks HTTP/2 to this upstream: one stream per request
-        // (upgrades such as WebSocket keep an HTTP/1.1 connection).
+        // The worker speaks HTTP/2 to this upstream (a live connection, or
+        // the target negotiated h2 before and its connection went away): one
+        // stream per request (upgrades such as WebSocket keep HTTP/1.1).
         let h2_up = match request::upgrade_token(&head) {
-            None => h2::client::lookup(worker, &route.target),
+            None => h2::client::for_http1_client(worker, &route.target, ctx.client).await,
             Some(_) => None,
         };
-        if let Some(up) = h2_up {
-            let r = h2::h1_down::Req {
-                worker,
-                client,
-                buf: &mut buf,
-                route: &route,
-                verdict: &verdict,
-                flow: &mut flow,
-                t0,
-            };
-            let keep = h2::h1_down::exchange(r, up, head, req_kind).await;
-            flow.timings.total = t0.elapsed();
-            observe::http_done(worker, ctx, flow);
-            if keep {
-                continue;
+        let mut fresh_h1 = None;
+        match h2_up {
+            Some(Ok(h2::client::Upstream::H2(up, timings))) => {
+                flow.timings.connect = timings.connect;
+                flow.timings.tls = timings.tls;
+                let r = h2::h1_down::Req {
+                    worker,
+                    client,
+                    buf: &mut buf,
+                    route: &route,
+                    verdict: &verdict,
+                    flow: &mut flow,
+                    t0,
+                };
+                let keep = h2::h1_down::exchange(r, up, head, req_kind).await;
+                flow.timings.total = t0.elapsed();
+                observe::http_done(worker, ctx, flow);
+                if keep {
+                    continue;
+                }
+                break;
             }
-            break;
+            Some(Ok(h2::client::Upstream::H1(c, t))) => fresh_h1 = Some((*c, t)),
+            Some(Err(e)) => {
+                let _ = send_error(client, e.status(), &e.to_string()).await;
+                finish_upstream_error(worker, ctx, flow, t0, &e);
+                break;
+            }
+            None => {}
         }
-        let conn = match current.take() {
-            Some(c) if c.target == route.target => Ok((c, pre_timings.take().unwrap_or_default())),
-            other => {
+        let conn = match (current.take(), fresh_h1) {
+            (other, Some(fresh)) => {
+                if let Some(old) = other {
+                    worker.release_upstream(old);
+                }
+                Ok(fresh)
+            }
+            (Some(c), None) if c.target == route.target => {
+                Ok((c, pre_timings.take().unwrap_or_default()))
+            }
+            (other, None) => {
                 if let Some(old) = other {
                     worker.release_upstream(old);
                 }

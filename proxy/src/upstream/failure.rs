@@ -103,13 +103,41 @@ pub fn connect_cause(e: &super::UpstreamError) -> Cause {
     }
 }
 
-/// Attempts an HTTP/2 stream gets in all (the first and the retries), each on
-/// a connection opened after the one that refused it. A server that ends
-/// every connection after N streams refuses the streams in flight beyond N
-/// each time; eight attempts carry up to about 7 × N concurrent streams
-/// through, while a server refusing everything costs at most eight
-/// connections per stream.
-pub const H2_MAX_ATTEMPTS: usize = 8;
+/// Futile attempts an HTTP/2 stream gets: attempts refused while the
+/// destination answered no stream at all on any connection (a server
+/// refusing everything costs at most this many connections per stream).
+/// Attempts refused while other streams were answered are progress (a
+/// server ending each connection after N streams refuses the ones in flight
+/// beyond N) and only count against [`H2_MAX_ATTEMPTS`].
+pub const H2_MAX_FUTILE_ATTEMPTS: usize = 8;
+
+/// Attempts an HTTP/2 stream gets in all, each on a connection opened after
+/// the one that refused it.
+pub const H2_MAX_ATTEMPTS: usize = 64;
+
+/// A stream's retry budget ([`H2_MAX_FUTILE_ATTEMPTS`], [`H2_MAX_ATTEMPTS`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct H2Budget {
+    attempts: usize,
+    futile: usize,
+}
+
+impl H2Budget {
+    /// Count a refused attempt; `progress`: the destination answered some
+    /// stream meanwhile. Returns whether another attempt is allowed.
+    pub fn refused(&mut self, progress: bool) -> bool {
+        self.attempts += 1;
+        if !progress {
+            self.futile += 1;
+        }
+        self.attempts < H2_MAX_ATTEMPTS && self.futile < H2_MAX_FUTILE_ATTEMPTS
+    }
+
+    /// Attempts made so far.
+    pub fn attempts(&self) -> usize {
+        self.attempts
+    }
+}
 
 /// Request body bytes kept per stream so an HTTP/2 stream refused by the
 /// upstream can be sent again (a gRPC message, a form). A stream whose body
@@ -272,6 +300,21 @@ mod tests {
         assert!(h1_retryable(true, Head, "POST", false));
         // A fresh connection failing is the server's answer, not a race.
         assert!(!h1_retryable(false, Head, "GET", true));
+    }
+
+    #[test]
+    fn h2_budget_counts_futile_attempts_and_caps_the_rest() {
+        let mut b = H2Budget::default();
+        for _ in 0..H2_MAX_FUTILE_ATTEMPTS - 1 {
+            assert!(b.refused(false));
+        }
+        assert!(!b.refused(false));
+        assert_eq!(b.attempts(), H2_MAX_FUTILE_ATTEMPTS);
+        let mut b = H2Budget::default();
+        for _ in 0..H2_MAX_ATTEMPTS - 1 {
+            assert!(b.refused(true));
+        }
+        assert!(!b.refused(true));
     }
 
     #[test]

@@ -90,6 +90,7 @@ class Conn:
         self.bodies = {}
         self.due = []  # (when, stream id)
         self.paths = {}  # stream id -> request head, kept after the answer
+        self.goaway_sent = False
 
     def flush(self):
         data = self.h2.data_to_send()
@@ -118,6 +119,7 @@ class Conn:
                     self.h2.reset_stream(sid, error_code=0x7)
                 else:
                     self.h2.close_connection(last_stream_id=max(sid - 2, 0))
+                    self.goaway_sent = True
                 return
             if once:
                 path = "/echo"
@@ -127,6 +129,7 @@ class Conn:
                 self.h2.send_headers(sid, [(":status", "200"), ("content-length", "4")])
                 self.send_body(sid, b"bye\n", True)
                 self.h2.close_connection(last_stream_id=sid)
+                self.goaway_sent = True
             elif path.startswith("/trailers"):
                 self.h2.send_headers(
                     sid,
@@ -189,7 +192,17 @@ class Conn:
                 return
             if not data:
                 return
-            for ev in self.h2.receive_data(data):
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                if not self.goaway_sent:
+                    raise
+                # After our GOAWAY the peer's frames in flight are discarded
+                # until it closes (a lingering close, like nginx): closing
+                # with unread data would reset the connection and destroy
+                # the GOAWAY before the peer read it.
+                continue
+            for ev in events:
                 if isinstance(ev, h2.events.RequestReceived):
                     self.heads[ev.stream_id] = [list(h) for h in ev.headers]
                     self.paths[ev.stream_id] = self.heads[ev.stream_id]

@@ -18,7 +18,7 @@ use crate::engine::verdict::{self, Verdict};
 use crate::flowlog::{HttpFlow, HttpVersion};
 use crate::http1::codec::{self, BodyKind, RequestHead};
 use crate::net::stream::ClientIo;
-use crate::upstream::failure::{self, Cause, H2_MAX_ATTEMPTS};
+use crate::upstream::failure::{self, Cause, H2Budget};
 use crate::worker::Worker;
 
 /// Everything one request needs (borrowed from the HTTP/1 engine's loop).
@@ -75,10 +75,9 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
     // upstream proves it did not process the stream (GOAWAY, REFUSED_STREAM).
     let mut kept: Option<Replay> = None;
     let mut up = up;
-    let mut attempt = 1;
+    let mut budget = H2Budget::default();
     let resp = loop {
-        let last = attempt >= H2_MAX_ATTEMPTS;
-        attempt += 1;
+        let seen = up.progress();
         let req = match translate::h2_request(&up_head, scheme) {
             Ok(r) => r,
             Err(msg) => {
@@ -152,7 +151,10 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
                     }
                 }
                 match resp_fut.await {
-                    Ok(r) => break r,
+                    Ok(r) => {
+                        up.answered();
+                        break r;
+                    }
                     Err(e) => {
                         if e.is_go_away() {
                             up.retire(worker, &route.target);
@@ -165,9 +167,10 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
             }
         };
         let cause = failure::h2_cause(&e);
-        if !retryable || last {
-            let tries = if last && retryable {
-                format!(" (after {H2_MAX_ATTEMPTS} attempts)")
+        let again = retryable && budget.refused(up.progress() != seen);
+        if !again {
+            let tries = if retryable {
+                format!(" (after {} attempts)", budget.attempts())
             } else {
                 String::new()
             };

@@ -23,7 +23,7 @@ use crate::engine::{finish_error, log_conn_error, new_flow};
 use crate::flowlog::{HttpFlow, HttpVersion, ResponseSummary};
 use crate::http1::codec::{Headers, RequestHead};
 use crate::observe;
-use crate::upstream::failure::{self, H2_MAX_ATTEMPTS, REPLAY_LIMIT};
+use crate::upstream::failure::{self, H2Budget, REPLAY_LIMIT};
 use crate::worker::Worker;
 
 /// Serve one client stream to the end and record its flow.
@@ -99,9 +99,8 @@ pub(super) async fn serve(
     // a bounded number of times, with the body taken so far replayed.
     let replay = Rc::new(RefCell::new(Replay::default()));
     let mut body = Some(body);
-    for attempt in 1..=H2_MAX_ATTEMPTS {
-        let last = attempt == H2_MAX_ATTEMPTS;
-        let Some(b) = body.take() else { break };
+    let mut budget = H2Budget::default();
+    while let Some(b) = body.take() {
         let up = match super::client::get(worker, &route.target, ctx.client).await {
             Ok(u) => u,
             Err(e) => {
@@ -114,16 +113,22 @@ pub(super) async fn serve(
         };
         match up {
             Upstream::H2(h2, timings) => {
+                let seen = h2.progress();
                 let eos = b.is_end_stream() && replay.borrow().is_empty();
                 let opened = match x.open_h2(&head, eos, &h2).await {
                     Ok(o) => o,
-                    Err(Refused::Retry(cause, msg)) if !last => {
-                        tracing::debug!(error = %msg, attempt, "upstream HTTP/2 connection cannot take the stream; retrying on a new one");
-                        failure::record_retry(&worker.shared.metrics, x.flow, cause);
-                        body = Some(b);
-                        continue;
+                    Err(Refused::Retry(cause, msg)) => {
+                        if budget.refused(h2.progress() != seen) {
+                            tracing::debug!(error = %msg, attempts = budget.attempts(), "upstream HTTP/2 connection cannot take the stream; retrying on a new one");
+                            failure::record_retry(&worker.shared.metrics, x.flow, cause);
+                            body = Some(b);
+                            continue;
+                        }
+                        let n = budget.attempts();
+                        x.fail(cause, format!("{msg} (after {n} attempts)"));
+                        break;
                     }
-                    Err(Refused::Retry(cause, msg) | Refused::Fail(cause, msg)) => {
+                    Err(Refused::Fail(cause, msg)) => {
                         x.fail(cause, msg);
                         break;
                     }
@@ -131,10 +136,10 @@ pub(super) async fn serve(
                 let timings = c.pre_timings.take().unwrap_or(timings);
                 x.flow.timings.connect = timings.connect;
                 x.flow.timings.tls = timings.tls;
-                match x.via_h2(opened, b, &replay, last).await {
+                match x.via_h2(opened, b, &replay, &mut budget, seen).await {
                     Via::Done => break,
                     Via::Retry(b, cause, msg) => {
-                        tracing::debug!(error = %msg, attempt, "upstream did not process the stream; retrying on a new connection");
+                        tracing::debug!(error = %msg, attempts = budget.attempts(), "upstream did not process the stream; retrying on a new connection");
                         failure::record_retry(&worker.shared.metrics, x.flow, cause);
                         body = Some(b);
                     }
@@ -311,7 +316,8 @@ impl Exchange<'_> {
         opened: Opened,
         body: RecvStream,
         replay: &Rc<RefCell<Replay>>,
-        last: bool,
+        budget: &mut H2Budget,
+        seen: u64,
     ) -> Via {
         let worker = self.worker;
         let Opened {
@@ -374,7 +380,8 @@ impl Exchange<'_> {
                 if e.is_go_away() {
                     up.retire(worker, &self.route.target);
                 }
-                if failure::h2_unprocessed(&e) && !last {
+                let unprocessed = failure::h2_unprocessed(&e);
+                if unprocessed && budget.refused(up.progress() != seen) {
                     retry = Some((cause, failure::describe_h2(&e)));
                 } else {
                     match e.reason() {
@@ -384,8 +391,8 @@ impl Exchange<'_> {
                             failure::record(&worker.shared.metrics, self.flow, cause, msg);
                         }
                         _ => {
-                            let tries = if last {
-                                format!(" (after {H2_MAX_ATTEMPTS} attempts)")
+                            let tries = if unprocessed {
+                                format!(" (after {} attempts)", budget.attempts())
                             } else {
                                 String::new()
                             };
@@ -405,6 +412,7 @@ impl Exchange<'_> {
             replay.borrow_mut().stop();
         }
         if let Some(resp) = resp {
+            up.answered();
             self.flow.timings.ttfb = Some(self.t0.elapsed());
             self.respond_h2(resp).await;
         }
