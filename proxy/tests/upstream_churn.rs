@@ -505,3 +505,40 @@ fn an_announced_keep_alive_timeout_stops_reuse_before_it_expires() {
     assert_eq!(a, b, "a quick second request reuses the connection");
     assert_ne!(b, c, "reused a connection close to its keep-alive timeout");
 }
+
+#[test]
+fn shutdown_sends_clients_goaway_with_the_last_stream_id_and_finishes_their_streams() {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--shutdown-timeout", "30"])
+        .spawn();
+    let tunnel = Tunnel::new(p.addr("regular"), format!("localhost:{}", ng.https_port));
+    // 1 MiB at 256 KiB/s: about 4 s in flight when the proxy is told to stop.
+    let url = format!("https://localhost:{}/slow/1m.bin", tunnel.addr.port());
+    let nghttp = std::thread::spawn(move || {
+        run_ok(
+            Command::new("nghttp").args(["-n", "-v", "--no-dep", &url]),
+            Duration::from_secs(60),
+        )
+    });
+    assert!(
+        p.wait_for_stdout("server connect", T).is_some(),
+        "{}",
+        p.dump()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGTERM);
+    let out = nghttp.join().unwrap();
+    // Graceful: first the maximal id (with a PING), then the real last id.
+    assert!(out.contains("last_stream_id=2147483647"), "{out}");
+    assert!(out.contains("last_stream_id=1,"), "{out}");
+    // The stream in flight finished: its END_STREAM DATA frame arrived.
+    let end = out
+        .lines()
+        .position(|l| l.contains("recv DATA frame") && l.contains("stream_id=1"))
+        .is_some();
+    assert!(end && out.contains("; END_STREAM"), "{out}");
+    assert!(ng.wait_access_log("\"GET /slow/1m.bin HTTP/2.0\" 200 1048576", T));
+}
