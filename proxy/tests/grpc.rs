@@ -98,6 +98,8 @@ fn grpc_calls_and_a_long_stream_survive_upstream_goaways() {
             "upstream.test",
             "--calls",
             "300",
+            "--pause-ms",
+            "10",
             "--stream",
             "20:150",
         ],
@@ -116,7 +118,9 @@ fn grpc_calls_and_a_long_stream_survive_upstream_goaways() {
         "{out}\n{}",
         p.dump()
     );
-    // The stream alone spans about 3 s: several upstream connections.
+    // The calls span more than 3 s (10 ms apart) at one connection per
+    // ~400 ms: many upstream connections, each ended by a GOAWAY (the
+    // stream stays on its first one through the grace period).
     let peers = out["peers"].as_u64().unwrap();
-    assert!(peers >= 3, "only {peers} upstream connections: {out}");
+    assert!(peers >= 4, "only {peers} upstream connections: {out}");
 }

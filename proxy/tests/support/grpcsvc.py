@@ -17,9 +17,9 @@ protocol (HTTP/2, length-prefixed messages, grpc-status trailers).
       Prints "READY <port>".
 
   grpcsvc.py churn --target HOST:PORT --ca CA [--proxy HOST:PORT]
-                   [--name TLS-NAME] [--calls N] [--stream N:MS]
+                   [--name TLS-NAME] [--calls N] [--pause-ms MS] [--stream N:MS]
       While one slow server stream (--stream) runs, makes N unary calls one
-      after the other; prints JSON: {"unary_ok", "unary_errors", "stream":
+      after the other, MS milliseconds apart; prints JSON: {"unary_ok", "unary_errors", "stream":
       {"messages", "code"}, "peers"}.
 
   grpcsvc.py call --target HOST:PORT --ca CA [--proxy HOST:PORT]
@@ -133,6 +133,8 @@ def churn(args):
                 out["unary_errors"].append("bad reply %r" % reply)
         except grpc.RpcError as e:
             out["unary_errors"].append("%s: %s" % (e.code().name, e.details()))
+        if args.pause_ms:
+            time.sleep(args.pause_ms / 1000.0)
     t.join(90)
     out["stream"] = result.get("stream")
     peers = channel.unary_unary("/%s/Peers" % SERVICE)
@@ -204,6 +206,7 @@ def main():
     h.add_argument("--proxy")
     h.add_argument("--name")
     h.add_argument("--calls", type=int, default=200)
+    h.add_argument("--pause-ms", type=int, default=0)
     h.add_argument("--stream", default="20:150")
     args = ap.parse_args()
     if args.cmd == "serve":
