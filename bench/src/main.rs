@@ -38,7 +38,9 @@ use crate::runner::{Bench, Opts};
 /// connections (RSS per connection); 8/policy policy cost 1/100/1000 rules;
 /// 9/mint leaf certificate mint (miss/hit); 1r/regular explicit-proxy mode;
 /// 1h/halfload latency at half of max load; obs/observability metrics +
-/// OTLP tracing on vs off.
+/// OTLP tracing on vs off; soak/churn (only when named) h2 + h1 TLS load
+/// for --soak-secs against nginx with its default keep-alive settings:
+/// failed requests (must be 0) and RSS over time.
 ///
 /// Needs root for everything except 8 (micro part) and 9. Ratios > 1 mean
 /// better than the compared path; compare ratios, not absolute numbers.
@@ -77,6 +79,9 @@ struct Cli {
     /// Do not install anything (apt, pip); use what is there.
     #[arg(long)]
     no_install: bool,
+    /// Seconds of the soak scenario (default 300; --quick 5).
+    #[arg(long, value_name = "SECS")]
+    soak_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -105,7 +110,11 @@ fn main() -> ExitCode {
 
 fn resolve_scenarios(names: &[String]) -> Result<Vec<&'static str>, String> {
     if names.is_empty() {
-        return Ok(scenarios::ALL.iter().map(|s| s.0).collect());
+        return Ok(scenarios::ALL
+            .iter()
+            .map(|s| s.0)
+            .filter(|id| !scenarios::OPT_IN.contains(id))
+            .collect());
     }
     let mut out = Vec::new();
     for n in names {
@@ -144,6 +153,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         idle: cli.idle.unwrap_or(if q { 200 } else { 10_000 }),
         mint_n: if q { 200 } else { 5000 },
         policy_iters: if q { 20_000 } else { 500_000 },
+        soak_secs: cli.soak_secs.unwrap_or(if q { 5 } else { 300 }).max(1),
     };
     let root = setup::is_root();
     let needs_root: Vec<&str> = selected

@@ -37,6 +37,8 @@ pub struct Opts {
     pub mint_n: usize,
     /// Policy decisions per micro-benchmark.
     pub policy_iters: usize,
+    /// Seconds of the soak scenario.
+    pub soak_secs: u64,
 }
 
 /// A generator run.

@@ -15,7 +15,7 @@ use crate::report::{Row, Unit};
 use crate::runner::{Bench, Opts, Work, one_line};
 use crate::sink::Sink;
 use crate::topo::{NODE_CLIENT_IP, UPSTREAM_HOST};
-use crate::upstream::{SMALL_PATH, bulk_name};
+use crate::upstream::{CHURN_HTTPS_PORT, SMALL_PATH, bulk_name};
 
 /// Every scenario: id, aliases, title, needs root.
 pub const ALL: &[(&str, &str, &str, bool)] = &[
@@ -46,7 +46,16 @@ pub const ALL: &[(&str, &str, &str, bool)] = &[
         "observability cost (metrics + OTLP traces)",
         true,
     ),
+    (
+        "soak",
+        "churn",
+        "soak: upstream churn with nginx keep-alive defaults, h2 + h1 TLS at once",
+        true,
+    ),
 ];
+
+/// Scenarios run only when asked for by name (they take minutes).
+pub const OPT_IN: &[&str] = &["soak"];
 
 /// Title of a scenario id.
 pub fn title(id: &str) -> &'static str {
@@ -104,6 +113,7 @@ impl Bench<'_> {
             "7" => self.idle(t),
             "1h" => self.half_load(t),
             "obs" => self.observability(t),
+            "soak" => self.soak(t),
             _ => {}
         }
     }
@@ -410,6 +420,83 @@ impl Bench<'_> {
         }
     }
 
+    /// Scenario soak: h2load (h2) and wrk (HTTP/1.1 over TLS) at the same
+    /// time for `--soak-secs` through tproxy (transparent) to nginx with its
+    /// default keep-alive settings, so upstream connections end all the
+    /// time (GOAWAY / Connection: close every 1000 requests). Reports the
+    /// failed requests (must be 0) and the proxy's RSS over the run.
+    fn soak(&mut self, t: &str) {
+        let secs = self.opts.soak_secs;
+        self.progress.detail(&format!("soak {t}: {secs} s"));
+        let spec = tproxy("tproxy", &[]);
+        let running = match self.start(&spec) {
+            Ok(r) => r,
+            Err(status) => {
+                let mut row = Row::new("soak", t, "tproxy", Unit::ReqPerSec);
+                row.status = status;
+                self.rows.push(row);
+                return;
+            }
+        };
+        let pid = running.proc.pid();
+        let sampler = crate::procs::RssSampler::start(pid);
+        let ns = self.topo.client.clone();
+        let lua = self.lua.clone();
+        let h2url = format!("https://{UPSTREAM_HOST}:{CHURN_HTTPS_PORT}{SMALL_PATH}");
+        let h1url = h2url.clone();
+        let h2conns = (self.opts.connections / 8).max(1);
+        let h1conns = (self.opts.connections / 2).max(1);
+        let (h2, h1) = std::thread::scope(|s| {
+            let a = s.spawn(|| crate::loadgen::h2load(&ns, &h2url, h2conns, 16, secs, false));
+            let b = s.spawn(|| crate::loadgen::wrk(&ns, &lua, &h1url, h1conns, secs));
+            (
+                a.join()
+                    .unwrap_or_else(|_| Err("h2load thread panicked".into())),
+                b.join()
+                    .unwrap_or_else(|_| Err("wrk thread panicked".into())),
+            )
+        });
+        let series = sampler.finish();
+        let hwm = status_kib(pid, "VmHWM");
+        let mut running = running;
+        let died = running.proc.exited();
+        running.proc.stop();
+        let rss = rss_quartiles(&series);
+        for (label, res) in [("tproxy h2 (h2load)", h2), ("tproxy h1 TLS (wrk)", h1)] {
+            let mut row = Row::new("soak", t, label, Unit::ReqPerSec);
+            match res {
+                Ok(m) => {
+                    row.value = Some(m.rate());
+                    row.add_note(&format!(
+                        "{} failed of {} requests in {:.0} s",
+                        m.errors,
+                        m.ops + m.errors,
+                        m.secs
+                    ));
+                    if m.errors > 0 {
+                        row.status = format!("failed: {} requests failed", m.errors);
+                    }
+                    row.p50_us = m.p50_us;
+                    row.p99_us = m.p99_us;
+                    row.p999_us = m.p999_us;
+                    row.measure = Some(m);
+                }
+                Err(e) => row.status = format!("failed: {}", one_line(&e)),
+            }
+            if let Some(r) = &rss {
+                row.add_note(r);
+            }
+            if let Some(d) = &died {
+                row.add_note(&format!("tproxy died during the run ({d})"));
+            }
+            row.peak_rss_mib = hwm.map(|k| k as f64 / 1024.0);
+            if label.contains("h2") {
+                row.rss_series = series.clone();
+            }
+            self.rows.push(row);
+        }
+    }
+
     fn mint(&mut self, t: &str) {
         let rows = mint_rows(t, self.opts, self.progress, &mut self.broken);
         self.rows.extend(rows);
@@ -468,6 +555,22 @@ impl Bench<'_> {
 }
 
 /// Notes the RSS range seen while streaming.
+/// "RSS MiB at 0/25/50/75/100 % of the run: a → b → c → d → e".
+fn rss_quartiles(series: &[(u64, u64)]) -> Option<String> {
+    if series.len() < 5 {
+        return None;
+    }
+    let at = |q: usize| series[(series.len() - 1) * q / 4].1 as f64 / 1024.0;
+    Some(format!(
+        "RSS MiB at 0/25/50/75/100 % of the run: {:.1} → {:.1} → {:.1} → {:.1} → {:.1}",
+        at(0),
+        at(1),
+        at(2),
+        at(3),
+        at(4)
+    ))
+}
+
 fn rss_range_note(r: &mut Row) {
     let min = r.rss_series.iter().map(|s| s.1).min();
     let max = r.rss_series.iter().map(|s| s.1).max();

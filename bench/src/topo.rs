@@ -165,7 +165,8 @@ impl Topology {
         c
     }
 
-    /// Adds the REDIRECT of client ports 80/443 to `port`; removed when the
+    /// Adds the REDIRECT of client ports 80/443 (and the soak scenario's
+    /// 8080/8443) to `port`; removed when the
     /// guard drops (the direct path is the same topology without it).
     pub fn redirect(&self, port: u16) -> Result<Redirect<'_>, String> {
         self.iptables("-A", port)?;
@@ -176,7 +177,14 @@ impl Topology {
         run_capture(
             self.exec(&self.node, "iptables")
                 .args(["-t", "nat", op, "PREROUTING", "-i", NODE_CLIENT_IF])
-                .args(["-p", "tcp", "-m", "multiport", "--dports", "80,443"])
+                .args([
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "multiport",
+                    "--dports",
+                    "80,443,8080,8443",
+                ])
                 .args(["-j", "REDIRECT", "--to-ports", &port.to_string()]),
             Duration::from_secs(10),
         )

@@ -183,8 +183,23 @@ http {{
         ssl_protocols TLSv1.2 TLSv1.3;
         root {d}/www;
     }}
+    # nginx's own keep-alive defaults (the soak scenario): GOAWAY after 1000
+    # streams, Connection: close after 1000 requests, 75 s idle timeout.
+    server {{
+        listen {ip}:{churn_http} backlog=4096;
+        listen {ip}:{churn_https} ssl http2 backlog=4096;
+        server_name _;
+        keepalive_requests 1000;
+        keepalive_timeout 75s;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root {d}/www;
+    }}
 }}
 "#,
+            churn_http = CHURN_HTTP_PORT,
+            churn_https = CHURN_HTTPS_PORT,
             d = d.display(),
             ip = UPSTREAM_IP,
             cert = pki.server_cert().display(),
@@ -209,7 +224,7 @@ http {{
             &d.join("stderr.log"),
         )?;
         let ip: IpAddr = UPSTREAM_IP.parse().map_err(|e| format!("{e}"))?;
-        for port in [80, 443] {
+        for port in [80, 443, CHURN_HTTP_PORT, CHURN_HTTPS_PORT] {
             if !wait_listening(
                 &topo.upstream,
                 SocketAddr::new(ip, port),
@@ -229,6 +244,11 @@ http {{
         })
     }
 }
+
+/// nginx's plain-HTTP port with nginx's default keep-alive settings.
+pub const CHURN_HTTP_PORT: u16 = 8080;
+/// nginx's HTTPS (+h2) port with nginx's default keep-alive settings.
+pub const CHURN_HTTPS_PORT: u16 = 8443;
 
 /// `/bulk-<bytes>.bin`.
 pub fn bulk_name(size: u64) -> String {

@@ -69,3 +69,58 @@ fn grpc_unary_streaming_and_error_status_through_regular_mode() {
         );
     }
 }
+
+#[test]
+fn grpc_calls_and_a_long_stream_survive_upstream_goaways() {
+    // The server ends every connection with GOAWAY after about 400 ms (its
+    // in-flight calls get 60 s of grace): unary calls one after the other
+    // and a 3 s server stream cross many of them.
+    let pki = TestPki::new();
+    let svc = PyServer::grpc_max_age(&pki, 400);
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--flow-detail", "0"])
+        .spawn();
+    let target = svc.addr.to_string();
+    let proxy = p.addr("regular").to_string();
+    let ca = p.ca_cert();
+    let out = run_client(
+        GRPCSVC_PY,
+        &[
+            "churn",
+            "--target",
+            &target,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--proxy",
+            &proxy,
+            "--name",
+            "upstream.test",
+            "--calls",
+            "300",
+            "--pause-ms",
+            "10",
+            "--stream",
+            "20:150",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out["unary_errors"],
+        serde_json::json!([]),
+        "{out}\n{}",
+        p.dump()
+    );
+    assert_eq!(out["unary_ok"], 300, "{out}");
+    assert_eq!(
+        out["stream"],
+        serde_json::json!({"messages": 20, "code": "OK"}),
+        "{out}\n{}",
+        p.dump()
+    );
+    // The calls span more than 3 s (10 ms apart) at one connection per
+    // ~400 ms: many upstream connections, each ended by a GOAWAY (the
+    // stream stays on its first one through the grace period).
+    let peers = out["peers"].as_u64().unwrap();
+    assert!(peers >= 4, "only {peers} upstream connections: {out}");
+}

@@ -26,7 +26,7 @@ use crate::http1::codec::{
 };
 use crate::net::stream::ClientIo;
 use crate::observe;
-use crate::upstream::{self, UpstreamConn, UpstreamError};
+use crate::upstream::{self, UpstreamConn, UpstreamError, failure};
 use crate::worker::Worker;
 
 use body::{BodyError, Capture};
@@ -223,36 +223,57 @@ pub async fn serve(
         if let Some(e) = pre_error.take() {
             let status = e.status();
             let _ = send_error(client, status, &e.to_string()).await;
-            finish_error(worker, ctx, flow, t0, e.to_string());
+            finish_upstream_error(worker, ctx, flow, t0, &e);
             break;
         }
-        // The worker speaks HTTP/2 to this upstream: one stream per request
-        // (upgrades such as WebSocket keep an HTTP/1.1 connection).
+        // The worker speaks HTTP/2 to this upstream (a live connection, or
+        // the target negotiated h2 before and its connection went away): one
+        // stream per request (upgrades such as WebSocket keep HTTP/1.1).
         let h2_up = match request::upgrade_token(&head) {
-            None => h2::client::lookup(worker, &route.target),
+            None => h2::client::for_http1_client(worker, &route.target, ctx.client).await,
             Some(_) => None,
         };
-        if let Some(up) = h2_up {
-            let r = h2::h1_down::Req {
-                worker,
-                client,
-                buf: &mut buf,
-                route: &route,
-                verdict: &verdict,
-                flow: &mut flow,
-                t0,
-            };
-            let keep = h2::h1_down::exchange(r, up, head, req_kind).await;
-            flow.timings.total = t0.elapsed();
-            observe::http_done(worker, ctx, flow);
-            if keep {
-                continue;
+        let mut fresh_h1 = None;
+        match h2_up {
+            Some(Ok(h2::client::Upstream::H2(up, timings))) => {
+                flow.timings.connect = timings.connect;
+                flow.timings.tls = timings.tls;
+                let r = h2::h1_down::Req {
+                    worker,
+                    client,
+                    buf: &mut buf,
+                    route: &route,
+                    verdict: &verdict,
+                    flow: &mut flow,
+                    t0,
+                };
+                let keep = h2::h1_down::exchange(r, up, head, req_kind).await;
+                flow.timings.total = t0.elapsed();
+                observe::http_done(worker, ctx, flow);
+                if keep {
+                    continue;
+                }
+                break;
             }
-            break;
+            Some(Ok(h2::client::Upstream::H1(c, t))) => fresh_h1 = Some((*c, t)),
+            Some(Err(e)) => {
+                let _ = send_error(client, e.status(), &e.to_string()).await;
+                finish_upstream_error(worker, ctx, flow, t0, &e);
+                break;
+            }
+            None => {}
         }
-        let conn = match current.take() {
-            Some(c) if c.target == route.target => Ok((c, pre_timings.take().unwrap_or_default())),
-            other => {
+        let conn = match (current.take(), fresh_h1) {
+            (other, Some(fresh)) => {
+                if let Some(old) = other {
+                    worker.release_upstream(old);
+                }
+                Ok(fresh)
+            }
+            (Some(c), None) if c.target == route.target => {
+                Ok((c, pre_timings.take().unwrap_or_default()))
+            }
+            (other, None) => {
                 if let Some(old) = other {
                     worker.release_upstream(old);
                 }
@@ -271,7 +292,7 @@ pub async fn serve(
             Ok(x) => x,
             Err(e) => {
                 let _ = send_error(client, e.status(), &e.to_string()).await;
-                finish_error(worker, ctx, flow, t0, e.to_string());
+                finish_upstream_error(worker, ctx, flow, t0, &e);
                 break;
             }
         };
@@ -286,6 +307,9 @@ pub async fn serve(
         .await;
         flow.timings.total = t0.elapsed();
         observe::http_done(worker, ctx, flow);
+        // A kept connection is a reused one for the next request (the
+        // keep-alive race applies to it as to a pooled one).
+        conn.reused = true;
         match outcome {
             Outcome::KeepAlive => current = Some(conn),
             Outcome::CloseUpstream => worker.closed_upstreams([conn]),
@@ -364,175 +388,60 @@ async fn exchange(
     }
     let mut out = Vec::with_capacity(512);
     codec::write_request_head(&up_head, &mut out);
-    if let Err(e) = conn.io.write_all(&out).await {
-        return upstream_failed(
-            client,
-            flow,
-            t0,
-            format!("upstream closed the connection: {e}"),
-        )
-        .await;
-    }
-    let limits = shared.cfg.limits;
+    let body_empty = matches!(req_kind, BodyKind::Empty);
+    let mut sent_continue = false;
+    // The upstream answered (413, 401 …) before the body was sent (`Expect`).
+    let mut answered_early = false;
     let mut ubuf = Vec::with_capacity(8192);
-    // `Expect: 100-continue` was forwarded: the upstream may refuse the body
-    // before it is sent (413, 401, 417 …), or say 100.
-    let mut early: Option<ResponseHead> = None;
-    let mut continued = false;
-    if expect_continue && !matches!(req_kind, BodyKind::Empty) {
-        loop {
-            match expect::await_continue(client, buf, &mut conn.io, &mut ubuf, &limits).await {
-                expect::Continue::ClientSent => break,
-                expect::Continue::Quiet => {
-                    // An upstream ignoring Expect: unblock the client as
-                    // tproxy did before (curl would send after 1 s anyway).
-                    continued = true;
-                    if client
-                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
-                        return Outcome::CloseBoth;
-                    }
-                    let _ = client.flush().await;
-                    break;
-                }
-                expect::Continue::Upstream(h)
-                    if (100..200).contains(&h.status) && h.status != 101 =>
-                {
-                    continued |= h.status == 100;
-                    let mut o = Vec::new();
-                    codec::write_response_head(&h, &mut o);
-                    if client.write_all(&o).await.is_err() {
-                        return Outcome::CloseBoth;
-                    }
-                    let _ = client.flush().await;
-                    if continued {
-                        break;
-                    }
-                }
-                expect::Continue::Upstream(h) => {
-                    early = Some(h);
-                    break;
-                }
-                expect::Continue::ClientGone => {
-                    flow.error =
-                        Some("client closed the connection before sending the body".into());
-                    return Outcome::CloseBoth;
-                }
-                expect::Continue::UpstreamFailed(msg) => {
-                    return upstream_failed(client, flow, t0, msg).await;
-                }
-            }
-        }
-    }
-    if early.is_none() {
-        let mut req_cap = Capture::new(capture_limit);
-        let relayed = {
-            let mut paced = pace::Paced::new(client, shared.cfg.request_body);
-            body::relay(&mut paced, buf, &mut conn.io, req_kind, false, &mut req_cap).await
+    // A reused connection the server closed as the request went out (the
+    // keep-alive race) gets the request once more on a new connection when
+    // that is safe (upstream/failure.rs).
+    let resp = loop {
+        let mut s = Send {
+            worker,
+            client,
+            buf,
+            out: &out,
+            req_kind,
+            expect_continue,
+            sent_continue: &mut sent_continue,
+            answered_early: &mut answered_early,
+            flow,
+            ubuf: &mut ubuf,
         };
-        match relayed {
-            Ok(n) => flow.request_bytes = n,
-            Err(BodyError::Read(e)) if pace::Paced::<ClientIo>::is_too_slow(&e) => {
-                let msg = format!("{e} (--request-body-timeout, --request-body-min-rate)");
-                return answer_failure(client, flow, t0, 408, msg).await;
+        let (stage, cause, msg) = match s.run(conn).await {
+            Ok(h) => break h,
+            Err(SendError::Client) => return Outcome::CloseBoth,
+            Err(SendError::Answer { status, msg }) => {
+                return answer_failure(client, flow, t0, status, msg).await;
             }
-            Err(BodyError::Write(e)) => {
-                return upstream_failed(
-                    client,
-                    flow,
-                    t0,
-                    format!("upstream closed the connection while receiving the request body: {e}"),
-                )
-                .await;
-            }
-            Err(BodyError::Framing(e)) => {
-                // Nothing past the error was forwarded; the upstream connection
-                // (holding an incomplete request) is closed.
-                return client_framing_error(client, flow, t0, &e.to_string()).await;
+            Err(SendError::Upstream { stage, cause, msg }) => (stage, cause, msg),
+        };
+        let retry =
+            stage.is_some_and(|st| failure::h1_retryable(conn.reused, st, &method, body_empty));
+        if !retry {
+            return upstream_failed(worker, client, flow, t0, cause, msg).await;
+        }
+        let cause = failure::Cause::IdleCloseRace;
+        tracing::debug!(error = %msg, method = %method, "reused upstream connection closed before the response; retrying on a new one");
+        match upstream::connect(worker, &route.target, flow.client).await {
+            Ok((fresh, t)) => {
+                failure::record_retry(&shared.metrics, flow, cause);
+                log_server_connect_to(worker, flow.client, &fresh);
+                let stale = std::mem::replace(conn, fresh);
+                worker.closed_upstreams([stale]);
+                flow.server_addr = Some(conn.addr);
+                flow.timings.connect = t.connect;
+                flow.timings.tls = t.tls;
+                ubuf.clear();
             }
             Err(e) => {
-                // Client side broke mid-body: nothing sensible to answer.
-                flow.error = Some(format!("client: {e}"));
+                let msg = format!("{msg}; a new connection failed too: {e}");
+                let status = e.status();
+                let _ = send_error(client, status, &msg).await;
+                failure::record(&shared.metrics, flow, failure::connect_cause(&e), msg);
+                flow.response = None;
                 return Outcome::CloseBoth;
-            }
-        }
-        flow.request_body = req_cap.finish();
-        if let Err(e) = conn.io.flush().await {
-            return upstream_failed(client, flow, t0, format!("upstream: {e}")).await;
-        }
-    }
-
-    // Response head (skipping interim 1xx other than 101).
-    let answered_early = early.is_some();
-    let resp = if let Some(h) = early.take() {
-        h
-    } else {
-        loop {
-            match read_head(
-                &mut conn.io,
-                &mut ubuf,
-                HeadWaits::total(shared.cfg.idle_timeout),
-                &|| false,
-                |b| parse_response(b, &limits),
-            )
-            .await
-            {
-                Ok(Some((h, n))) => {
-                    ubuf.drain(..n);
-                    if (100..200).contains(&h.status) && h.status != 101 {
-                        if h.status != 100 || !continued {
-                            // Forward informational responses (103 Early Hints ...).
-                            let mut o = Vec::new();
-                            codec::write_response_head(&h, &mut o);
-                            let _ = client.write_all(&o).await;
-                        }
-                        continue;
-                    }
-                    break h;
-                }
-                Ok(None) => {
-                    return upstream_failed(
-                        client,
-                        flow,
-                        t0,
-                        "upstream closed the connection without a response".into(),
-                    )
-                    .await;
-                }
-                Err(HeadError::Parse(e)) => {
-                    return upstream_failed(
-                        client,
-                        flow,
-                        t0,
-                        format!("upstream sent an invalid response: {e}"),
-                    )
-                    .await;
-                }
-                Err(HeadError::HeadTimeout) => {
-                    return answer_failure(
-                        client,
-                        flow,
-                        t0,
-                        504,
-                        "upstream response head incomplete".into(),
-                    )
-                    .await;
-                }
-                Err(HeadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    // Accepted and never answered: a gateway timeout, not a bad
-                    // gateway.
-                    let msg = format!(
-                        "upstream did not answer within {}s",
-                        shared.cfg.idle_timeout.as_secs()
-                    );
-                    return answer_failure(client, flow, t0, 504, msg).await;
-                }
-                Err(HeadError::Io(e)) => {
-                    let msg = format!("reading the upstream response: {e}");
-                    return upstream_failed(client, flow, t0, msg).await;
-                }
             }
         }
     };
@@ -541,9 +450,11 @@ async fn exchange(
         Ok(k) => k,
         Err(e) => {
             return upstream_failed(
+                worker,
                 client,
                 flow,
                 t0,
+                failure::Cause::Invalid,
                 format!("upstream response has invalid framing: {e}"),
             )
             .await;
@@ -553,9 +464,11 @@ async fn exchange(
     if resp.status == 101 && !(upgrade.is_some() && request::upgrade_accepted(&resp)) {
         // A switch nobody asked for (or to another protocol): never relayed.
         return upstream_failed(
+            worker,
             client,
             flow,
             t0,
+            failure::Cause::Invalid,
             "upstream switched protocols (101) to something other than the WebSocket upgrade tproxy forwarded"
                 .into(),
         )
@@ -659,7 +572,8 @@ async fn exchange(
             return Outcome::CloseBoth;
         }
         Err(e) => {
-            flow.error = Some(format!("upstream: {e}"));
+            let msg = format!("upstream failed during the response: {e}");
+            failure::record(&shared.metrics, flow, failure::Cause::Closed, msg);
             return Outcome::CloseBoth;
         }
     }
@@ -668,6 +582,10 @@ async fn exchange(
         verdict.redact_logged(&mut r.headers, shared.cfg.show_secrets);
     }
     let _ = client.flush().await;
+    conn.keep_alive = resp
+        .headers
+        .get("keep-alive")
+        .and_then(failure::keep_alive_timeout);
     let upstream_reusable = !answered_early
         && !matches!(resp_kind, BodyKind::UntilClose)
         && ubuf.is_empty()
@@ -681,14 +599,27 @@ async fn exchange(
     }
 }
 
-/// Answer the client with 502 naming `msg` and close.
+/// Answer the client with 502 (504 when the upstream never answered) naming
+/// `msg` and close; the failure is counted under `cause`.
 async fn upstream_failed(
+    worker: &Worker,
     client: &mut ClientIo,
     flow: &mut HttpFlow,
     t0: Instant,
+    cause: failure::Cause,
     msg: String,
 ) -> Outcome {
-    answer_failure(client, flow, t0, 502, msg).await
+    // Accepted and never answered: a gateway timeout, not a bad gateway.
+    let status = if cause == failure::Cause::Timeout {
+        504
+    } else {
+        502
+    };
+    let _ = send_error(client, status, &msg).await;
+    flow.response = None;
+    failure::record(&worker.shared.metrics, flow, cause, msg);
+    flow.timings.total = t0.elapsed();
+    Outcome::CloseBoth
 }
 
 /// The client's body framing is broken: `400`, both connections closed.
@@ -702,7 +633,8 @@ async fn client_framing_error(
     answer_failure(client, flow, t0, 400, msg).await
 }
 
-/// Answer the client with `status` naming `msg` and close.
+/// Answer the client with `status` naming `msg` and close (a failure on the
+/// client's side: not an upstream failure).
 async fn answer_failure(
     client: &mut ClientIo,
     flow: &mut HttpFlow,
@@ -715,6 +647,275 @@ async fn answer_failure(
     flow.error = Some(msg);
     flow.timings.total = t0.elapsed();
     Outcome::CloseBoth
+}
+
+/// Why sending a request and reading its response head failed.
+enum SendError {
+    /// The client side broke (the flow's error says how).
+    Client,
+    /// The client is answered with this status (a body too slow: 408; broken
+    /// framing: 400) and both connections are closed.
+    Answer { status: u16, msg: String },
+    /// The upstream side failed; `stage` is set when no response byte had
+    /// arrived (the failure may be the keep-alive race).
+    Upstream {
+        stage: Option<failure::H1Stage>,
+        cause: failure::Cause,
+        msg: String,
+    },
+}
+
+/// One attempt at sending a request head (+ body) and reading the
+/// response head, interim responses forwarded.
+struct Send<'a> {
+    worker: &'a Worker,
+    client: &'a mut ClientIo,
+    buf: &'a mut Vec<u8>,
+    /// The serialized request head.
+    out: &'a [u8],
+    req_kind: BodyKind,
+    expect_continue: bool,
+    /// `100 Continue` went to the client already (never twice).
+    sent_continue: &'a mut bool,
+    /// Set when the upstream answered before the body was sent.
+    answered_early: &'a mut bool,
+    flow: &'a mut HttpFlow,
+    ubuf: &'a mut Vec<u8>,
+}
+
+impl Send<'_> {
+    async fn run(&mut self, conn: &mut UpstreamConn) -> Result<ResponseHead, SendError> {
+        use failure::{Cause, H1Stage};
+        let shared = &self.worker.shared;
+        let up = |stage, cause, msg| SendError::Upstream { stage, cause, msg };
+        if let Err(e) = conn.io.write_all(self.out).await {
+            return Err(up(
+                Some(H1Stage::Head),
+                Cause::Closed,
+                format!("upstream closed the connection: {e}"),
+            ));
+        }
+        let limits = shared.cfg.limits;
+        let body_empty = matches!(self.req_kind, BodyKind::Empty);
+        // `Expect: 100-continue` was forwarded: the upstream may refuse the
+        // body before it is sent (413, 401, 417 …), or say 100.
+        if self.expect_continue && !body_empty && !*self.sent_continue {
+            if let Some(h) = self.await_continue(conn, &limits).await? {
+                *self.answered_early = true;
+                return Ok(h);
+            }
+        }
+        self.send_body(conn).await?;
+        if let Err(e) = conn.io.flush().await {
+            let stage = body_empty.then_some(H1Stage::Head);
+            return Err(up(stage, Cause::Closed, format!("upstream: {e}")));
+        }
+        self.read_response_head(conn, &limits).await
+    }
+
+    /// Waits for the upstream's `100` (relayed), its early final answer
+    /// (returned), or the client sending the body anyway.
+    async fn await_continue(
+        &mut self,
+        conn: &mut UpstreamConn,
+        limits: &crate::http1::codec::Limits,
+    ) -> Result<Option<ResponseHead>, SendError> {
+        loop {
+            match expect::await_continue(self.client, self.buf, &mut conn.io, self.ubuf, limits)
+                .await
+            {
+                expect::Continue::ClientSent => return Ok(None),
+                expect::Continue::Quiet => {
+                    // An upstream ignoring Expect: unblock the client (curl
+                    // would send after 1 s anyway).
+                    *self.sent_continue = true;
+                    if self
+                        .client
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return Err(SendError::Client);
+                    }
+                    let _ = self.client.flush().await;
+                    return Ok(None);
+                }
+                expect::Continue::Upstream(h)
+                    if (100..200).contains(&h.status) && h.status != 101 =>
+                {
+                    let mut o = Vec::new();
+                    codec::write_response_head(&h, &mut o);
+                    if self.client.write_all(&o).await.is_err() {
+                        return Err(SendError::Client);
+                    }
+                    let _ = self.client.flush().await;
+                    if h.status == 100 {
+                        *self.sent_continue = true;
+                        return Ok(None);
+                    }
+                }
+                expect::Continue::Upstream(h) => return Ok(Some(h)),
+                expect::Continue::ClientGone => {
+                    self.flow.error =
+                        Some("client closed the connection before sending the body".into());
+                    return Err(SendError::Client);
+                }
+                expect::Continue::UpstreamFailed(msg) => {
+                    return Err(SendError::Upstream {
+                        stage: None,
+                        cause: failure::Cause::Closed,
+                        msg,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Relays the request body, paced (`--request-body-timeout`,
+    /// `--request-body-min-rate`).
+    async fn send_body(&mut self, conn: &mut UpstreamConn) -> Result<(), SendError> {
+        let shared = &self.worker.shared;
+        let mut req_cap = Capture::new(shared.flowlog.body_capture_limit());
+        let relayed = {
+            let mut paced = pace::Paced::new(&mut *self.client, shared.cfg.request_body);
+            body::relay(
+                &mut paced,
+                self.buf,
+                &mut conn.io,
+                self.req_kind,
+                false,
+                &mut req_cap,
+            )
+            .await
+        };
+        match relayed {
+            Ok(n) => self.flow.request_bytes = n,
+            Err(BodyError::Read(e)) if pace::Paced::<ClientIo>::is_too_slow(&e) => {
+                let msg = format!("{e} (--request-body-timeout, --request-body-min-rate)");
+                return Err(SendError::Answer { status: 408, msg });
+            }
+            Err(BodyError::Write(e)) => {
+                return Err(SendError::Upstream {
+                    stage: None,
+                    cause: failure::Cause::Closed,
+                    msg: format!(
+                        "upstream closed the connection while receiving the request body: {e}"
+                    ),
+                });
+            }
+            Err(BodyError::Framing(e)) => {
+                // Nothing past the error was forwarded; the upstream
+                // connection (holding an incomplete request) is closed.
+                let msg = format!("rejected request body: {e}");
+                return Err(SendError::Answer { status: 400, msg });
+            }
+            Err(e) => {
+                // Client side broke mid-body: nothing sensible to answer.
+                self.flow.error = Some(format!("client: {e}"));
+                return Err(SendError::Client);
+            }
+        }
+        self.flow.request_body = req_cap.finish();
+        Ok(())
+    }
+
+    /// Reads the response head, forwarding interim 1xx other than 101 (a
+    /// `100` only when the client has not had one).
+    async fn read_response_head(
+        &mut self,
+        conn: &mut UpstreamConn,
+        limits: &crate::http1::codec::Limits,
+    ) -> Result<ResponseHead, SendError> {
+        use failure::{Cause, H1Stage};
+        let idle = self.worker.shared.cfg.idle_timeout;
+        let up = |stage, cause, msg| SendError::Upstream { stage, cause, msg };
+        let mut interim = false;
+        loop {
+            let waiting = (!interim).then_some(H1Stage::AwaitingResponse);
+            match read_head(
+                &mut conn.io,
+                self.ubuf,
+                HeadWaits::total(idle),
+                &|| false,
+                |b| parse_response(b, limits),
+            )
+            .await
+            {
+                Ok(Some((h, n))) => {
+                    self.ubuf.drain(..n);
+                    if (100..200).contains(&h.status) && h.status != 101 {
+                        interim = true;
+                        if h.status != 100 || !*self.sent_continue {
+                            // Forward informational responses (103 Early Hints ...).
+                            let mut o = Vec::new();
+                            codec::write_response_head(&h, &mut o);
+                            let _ = self.client.write_all(&o).await;
+                        }
+                        continue;
+                    }
+                    return Ok(h);
+                }
+                Ok(None) => {
+                    return Err(up(
+                        waiting,
+                        if conn.reused {
+                            Cause::IdleCloseRace
+                        } else {
+                            Cause::Closed
+                        },
+                        "upstream closed the connection without a response".into(),
+                    ));
+                }
+                Err(HeadError::Parse(e)) => {
+                    return Err(up(
+                        None,
+                        Cause::Invalid,
+                        format!("upstream sent an invalid response: {e}"),
+                    ));
+                }
+                Err(HeadError::HeadTimeout) => {
+                    let msg = "upstream response head incomplete".into();
+                    return Err(up(None, Cause::Timeout, msg));
+                }
+                Err(HeadError::Io(e)) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        let msg = format!("upstream did not answer within {}s", idle.as_secs());
+                        return Err(up(None, Cause::Timeout, msg));
+                    }
+                    // A reset before any byte is the same race as a close.
+                    let stage = (self.ubuf.is_empty() && failure::is_peer_close(&e))
+                        .then_some(())
+                        .and(waiting);
+                    let cause = if stage.is_some() && conn.reused {
+                        Cause::IdleCloseRace
+                    } else {
+                        Cause::Closed
+                    };
+                    return Err(up(
+                        stage,
+                        cause,
+                        format!("reading the upstream response: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// [`finish_error`] for a connection that could not be made, counted by cause.
+fn finish_upstream_error(
+    worker: &Worker,
+    ctx: &ConnCtx,
+    mut flow: HttpFlow,
+    t0: Instant,
+    e: &UpstreamError,
+) {
+    flow.error_cause = Some(failure::connect_cause(e).as_str());
+    worker
+        .shared
+        .metrics
+        .upstream_failure(failure::connect_cause(e));
+    finish_error(worker, ctx, flow, t0, e.to_string());
 }
 
 fn finish_error(worker: &Worker, ctx: &ConnCtx, mut flow: HttpFlow, t0: Instant, msg: String) {
@@ -756,6 +957,8 @@ fn new_flow(
         tag: None,
         trace: None,
         error: None,
+        error_cause: None,
+        upstream_retries: 0,
     }
 }
 

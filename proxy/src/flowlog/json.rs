@@ -118,6 +118,12 @@ struct HttpRecord<'a> {
     rule: Option<&'a str>,
     tag: Option<&'a str>,
     error: Option<&'a str>,
+    /// Cause label of an upstream failure (absent when there is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_cause: Option<&'static str>,
+    /// Transparent retries on a new upstream connection (absent when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    upstream_retries: u8,
     /// Trace id of the request's spans (only when tracing is on), to find
     /// the flow in Jaeger.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,6 +154,10 @@ struct TcpRecord<'a> {
     duration_ms: f64,
     reason: &'a str,
     error: Option<&'a str>,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// Appends one HTTP flow as a JSON line.
@@ -190,6 +200,8 @@ pub(crate) fn http(out: &mut Vec<u8>, f: &HttpFlow, opts: &Opts) -> serde_json::
         rule: f.rule.as_deref(),
         tag: f.tag.as_deref(),
         error: f.error.as_deref(),
+        error_cause: f.error_cause,
+        upstream_retries: f.upstream_retries,
         trace_id: f.trace.as_ref().map(|t| t.trace_id_hex()),
         request_headers: (opts.detail >= 2).then(|| headers(&f.request_headers, opts)),
         response_headers: (opts.detail >= 2).then(|| resp.map(|r| headers(&r.headers, opts))),

@@ -199,6 +199,12 @@ pub struct HttpFlow {
     pub trace: Option<crate::observe::FlowTrace>,
     /// What went wrong, if anything.
     pub error: Option<String>,
+    /// The bounded cause label of an upstream failure
+    /// ([`crate::upstream::failure::Cause`]), JSON `error_cause`.
+    pub error_cause: Option<&'static str>,
+    /// Times the request was sent again on a new upstream connection after
+    /// a failure the client never saw (JSON `upstream_retries`).
+    pub upstream_retries: u8,
 }
 
 /// A passthrough (spliced) connection.

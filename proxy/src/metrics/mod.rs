@@ -47,6 +47,12 @@ pub struct Metrics {
     pub upstream_connects: IntCounter,
     pub upstream_connect_errors: IntCounter,
     pub pool_reuse: IntCounter,
+    /// Requests answered with an error because of the upstream, by cause
+    /// (indexed by [`crate::upstream::failure::Cause::index`]).
+    pub upstream_failures: [IntCounter; 8],
+    /// Requests sent again on a new upstream connection, by the cause of
+    /// the failure that was hidden from the client.
+    pub upstream_retries: [IntCounter; 8],
     pub workers: IntGaugeVec,
     /// Live reloads of the rules file / pod directory, by result (synced at scrape).
     pub policy_reload_ok: IntCounter,
@@ -156,6 +162,20 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let failures_vec = IntCounterVec::new(
+            Opts::new(
+                "tproxy_upstream_failures_total",
+                "Requests that failed because of the upstream (answered 502/504 or reset), by cause (goaway, refused, reset, idle_close_race, closed, timeout, invalid_response, connect).",
+            ),
+            &["cause"],
+        )?;
+        let retries_vec = IntCounterVec::new(
+            Opts::new(
+                "tproxy_upstream_retries_total",
+                "Requests sent again on a new upstream connection after a failure the upstream proved harmless (HTTP/2 GOAWAY or REFUSED_STREAM, keep-alive close race), by the cause of that failure.",
+            ),
+            &["cause"],
+        )?;
         let workers = IntGaugeVec::new(
             Opts::new(
                 "tproxy_worker_info",
@@ -189,6 +209,8 @@ impl Metrics {
             Box::new(cert_mint_seconds.clone()),
             Box::new(cert_cache_entries.clone()),
             Box::new(up_vec.clone()),
+            Box::new(failures_vec.clone()),
+            Box::new(retries_vec.clone()),
             Box::new(workers.clone()),
         ] {
             registry.register(c)?;
@@ -241,6 +263,10 @@ impl Metrics {
             upstream_connects: up_vec.with_label_values(&["opened"]),
             upstream_connect_errors: up_vec.with_label_values(&["failed"]),
             pool_reuse: up_vec.with_label_values(&["reused"]),
+            upstream_failures: crate::upstream::failure::Cause::ALL
+                .map(|c| failures_vec.with_label_values(&[c.as_str()])),
+            upstream_retries: crate::upstream::failure::Cause::ALL
+                .map(|c| retries_vec.with_label_values(&[c.as_str()])),
             workers,
             policy_reload_ok: reload_vec.with_label_values(&["rules", "ok"]),
             policy_reload_error: reload_vec.with_label_values(&["rules", "error"]),
@@ -286,6 +312,16 @@ impl Metrics {
         let side = side.min(1);
         self.tls_failed[side].inc();
         self.tls_reasons[side][reason as usize].inc();
+    }
+
+    /// Count a request that failed because of the upstream.
+    pub fn upstream_failure(&self, cause: crate::upstream::failure::Cause) {
+        self.upstream_failures[cause.index()].inc();
+    }
+
+    /// Count a request sent again after a hidden upstream failure.
+    pub fn upstream_retry(&self, cause: crate::upstream::failure::Cause) {
+        self.upstream_retries[cause.index()].inc();
     }
 
     /// Raise a counter to `value` (counters kept as atomics elsewhere are

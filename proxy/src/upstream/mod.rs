@@ -1,6 +1,7 @@
 //! Upstream connections: name resolution off the worker thread, connect with
 //! a timeout, TLS towards the server, and the per-worker keep-alive pool.
 
+pub mod failure;
 pub mod idle;
 
 use std::collections::HashMap;
@@ -85,6 +86,9 @@ pub struct UpstreamConn {
     pub reused: bool,
     /// The client that used it last (flow-log attribution of its close).
     pub last_client: SocketAddr,
+    /// The keep-alive timeout the server announced (`Keep-Alive:
+    /// timeout=N`): the connection is not reused once idle close to it.
+    pub keep_alive: Option<Duration>,
 }
 
 /// Phase durations of opening a connection.
@@ -117,9 +121,14 @@ impl Default for Pool {
     }
 }
 
-/// Whether a pooled connection may still be used.
+/// Whether a pooled connection may still be used: idle for less than the
+/// pool's timeout and well within the server's announced keep-alive
+/// timeout, and not closed by the server meanwhile.
 fn still_usable(conn: &UpstreamConn, since: Instant) -> bool {
-    since.elapsed() < POOL_IDLE_TIMEOUT && idle_socket_usable(conn.io.tcp())
+    let budget = conn.keep_alive.map_or(POOL_IDLE_TIMEOUT, |t| {
+        failure::keep_alive_budget(t).min(POOL_IDLE_TIMEOUT)
+    });
+    since.elapsed() < budget && idle_socket_usable(conn.io.tcp())
 }
 
 impl Pool {
@@ -345,6 +354,7 @@ pub async fn connect_with(
             addr,
             reused: false,
             last_client: client,
+            keep_alive: None,
         },
         timings,
     ))

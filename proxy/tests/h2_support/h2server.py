@@ -14,6 +14,12 @@ Paths (any method):
   /reset...     RST_STREAM with ENHANCE_YOUR_CALM (0xb) and no response
   /hang...      no answer at all
   /goaway...    200 "bye\\n", then GOAWAY (the socket stays open)
+  /refuse...    GOAWAY (NO_ERROR) with a last-stream-id below the stream, and
+                no answer: "not processed", every time
+  /refuse-once... the first time the path is seen (server-wide): RST_STREAM
+                REFUSED_STREAM; later like /echo
+  /goaway-once... the first time the path is seen: GOAWAY (NO_ERROR) with a
+                last-stream-id below the stream, no answer; later like /echo
   /trailers...  200, body "body before trailers\\n", then trailer x-check: yes
   /echo...      200, JSON list of the request header fields received, and
                 the request body's size and sha256
@@ -21,7 +27,8 @@ Paths (any method):
 Every response carries "x-upstream: h2-only".
 
 Prints "READY <port>" on stdout once listening, then one line
-"reset <path> <code>" per stream the client resets.
+"reset <path> <code>" per stream the client resets and one line
+"refused <path>" per stream it refused (GOAWAY or REFUSED_STREAM).
 """
 import argparse
 import hashlib
@@ -59,6 +66,18 @@ def context(cert, key, mismatch):
     return ctx
 
 
+SEEN = set()
+SEEN_LOCK = threading.Lock()
+
+
+def first_time(path):
+    with SEEN_LOCK:
+        if path in SEEN:
+            return False
+        SEEN.add(path)
+        return True
+
+
 class Conn:
     """One client connection, served by one thread (OpenSSL objects are not
     safe for concurrent read and write from different threads)."""
@@ -71,6 +90,7 @@ class Conn:
         self.bodies = {}
         self.due = []  # (when, stream id)
         self.paths = {}  # stream id -> request head, kept after the answer
+        self.goaway_sent = False
 
     def flush(self):
         data = self.h2.data_to_send()
@@ -92,12 +112,24 @@ class Conn:
         try:
             if path.startswith("/hang"):
                 return
+            once = path.startswith("/refuse-once") or path.startswith("/goaway-once")
+            if (once and first_time(path)) or (path.startswith("/refuse") and not once):
+                print("refused", path, flush=True)
+                if path.startswith("/refuse-once"):
+                    self.h2.reset_stream(sid, error_code=0x7)
+                else:
+                    self.h2.close_connection(last_stream_id=max(sid - 2, 0))
+                    self.goaway_sent = True
+                return
+            if once:
+                path = "/echo"
             if path.startswith("/reset"):
                 self.h2.reset_stream(sid, error_code=0xB)
             elif path.startswith("/goaway"):
                 self.h2.send_headers(sid, [(":status", "200"), ("content-length", "4")])
                 self.send_body(sid, b"bye\n", True)
                 self.h2.close_connection(last_stream_id=sid)
+                self.goaway_sent = True
             elif path.startswith("/trailers"):
                 self.h2.send_headers(
                     sid,
@@ -160,7 +192,17 @@ class Conn:
                 return
             if not data:
                 return
-            for ev in self.h2.receive_data(data):
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                if not self.goaway_sent:
+                    raise
+                # After our GOAWAY the peer's frames in flight are discarded
+                # until it closes (a lingering close, like nginx): closing
+                # with unread data would reset the connection and destroy
+                # the GOAWAY before the peer read it.
+                continue
+            for ev in events:
                 if isinstance(ev, h2.events.RequestReceived):
                     self.heads[ev.stream_id] = [list(h) for h in ev.headers]
                     self.paths[ev.stream_id] = self.heads[ev.stream_id]

@@ -51,6 +51,18 @@ impl PyServer {
     pub fn grpc(pki: &TestPki) -> PyServer {
         Self::start("grpcsvc.py", GRPCSVC_PY, &["serve"], pki)
     }
+
+    /// The gRPC service ending every connection with GOAWAY after about
+    /// `ms` milliseconds (`grpc.max_connection_age_ms`).
+    pub fn grpc_max_age(pki: &TestPki, ms: u32) -> PyServer {
+        let ms = ms.to_string();
+        Self::start(
+            "grpcsvc.py",
+            GRPCSVC_PY,
+            &["serve", "--max-age-ms", &ms],
+            pki,
+        )
+    }
 }
 
 impl Drop for PyServer {

@@ -19,6 +19,27 @@ pub const SLOW_LEN: usize = 1024 * 1024;
 /// nginx `limit_rate` of `/slow/`.
 pub const SLOW_RATE: &str = "256k";
 
+/// Keep-alive settings of the nginx fixture (both HTTP/1.1 and HTTP/2:
+/// nginx ends an HTTP/2 connection with GOAWAY after `keepalive_requests`
+/// streams and an HTTP/1.1 one with `Connection: close`).
+#[derive(Debug, Clone)]
+pub struct KeepAlive {
+    /// `keepalive_requests`.
+    pub requests: u32,
+    /// `keepalive_timeout` (nginx syntax; a second value makes nginx send
+    /// `Keep-Alive: timeout=N`).
+    pub timeout: String,
+}
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        KeepAlive {
+            requests: 10000,
+            timeout: "75s".into(),
+        }
+    }
+}
+
 /// A running nginx; stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Nginx {
     child: Child,
@@ -35,8 +56,13 @@ pub struct Nginx {
 impl Nginx {
     /// nginx on 127.0.0.1 with free ephemeral ports (retried on a bind race).
     pub fn start(pki: &TestPki) -> Nginx {
+        Self::start_with(pki, &KeepAlive::default())
+    }
+
+    /// [`Nginx::start`] with these keep-alive settings.
+    pub fn start_with(pki: &TestPki, ka: &KeepAlive) -> Nginx {
         for _ in 0..5 {
-            if let Some(n) = Self::try_start(pki, None, "127.0.0.1", free_port(), free_port()) {
+            if let Some(n) = Self::try_start(pki, None, "127.0.0.1", free_port(), free_port(), ka) {
                 return n;
             }
         }
@@ -45,7 +71,19 @@ impl Nginx {
 
     /// nginx inside network namespace `ns`, binding `ip` on the given ports.
     pub fn start_in_ns(pki: &TestPki, ns: &str, ip: &str, http: u16, https: u16) -> Nginx {
-        Self::try_start(pki, Some(ns), ip, http, https)
+        Self::start_in_ns_with(pki, ns, ip, http, https, &KeepAlive::default())
+    }
+
+    /// [`Nginx::start_in_ns`] with these keep-alive settings.
+    pub fn start_in_ns_with(
+        pki: &TestPki,
+        ns: &str,
+        ip: &str,
+        http: u16,
+        https: u16,
+        ka: &KeepAlive,
+    ) -> Nginx {
+        Self::try_start(pki, Some(ns), ip, http, https, ka)
             .unwrap_or_else(|| panic!("nginx in {ns}: ports {http}/{https} busy"))
     }
 
@@ -56,6 +94,7 @@ impl Nginx {
         ip: &str,
         http_port: u16,
         https_port: u16,
+        ka: &KeepAlive,
     ) -> Option<Nginx> {
         let dir = tempfile::Builder::new()
             .prefix("tproxy-nginx")
@@ -76,7 +115,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
-    log_format t '$remote_addr "$request" $status $body_bytes_sent host=$host';
+    log_format t '$remote_addr "$request" $status $body_bytes_sent host=$host conn=$connection';
     access_log {d}/access.log t;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
@@ -85,7 +124,8 @@ http {{
     scgi_temp_path {d}/scgi;
     default_type application/octet-stream;
     sendfile on;
-    keepalive_requests 10000;
+    keepalive_requests {ka_requests};
+    keepalive_timeout {ka_timeout};
     client_max_body_size 0;
     server {{
         listen {ip}:{http_port};
@@ -107,6 +147,8 @@ http {{
             d = d.display(),
             cert = pki.server_cert().display(),
             key = pki.server_key().display(),
+            ka_requests = ka.requests,
+            ka_timeout = ka.timeout,
         );
         let conf_path = d.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
@@ -199,9 +241,21 @@ http {{
     }
 
     /// Everything in the access log so far (one line per request:
-    /// `$remote_addr "$request" $status $body_bytes_sent host=$host`).
+    /// `$remote_addr "$request" $status $body_bytes_sent host=$host conn=$connection`).
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// Distinct connections (`$connection`) the access log lines matching
+    /// `needle` came in on.
+    pub fn connections(&self, needle: &str) -> usize {
+        let log = self.access_log();
+        let set: std::collections::HashSet<&str> = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| l.rsplit_once(" conn=").map(|(_, c)| c.trim()))
+            .collect();
+        set.len()
     }
 
     /// Waits (bounded) until the access log contains `needle`.

@@ -1,5 +1,6 @@
 //! Python upstreams (see `upstream.py`): an upload sink that reports size and
-//! sha256, a WebSocket echo server and a raw TCP echo server.
+//! sha256, a WebSocket echo server, a raw TCP echo server and the keep-alive
+//! race simulator (`oneshot`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +25,9 @@ pub enum Kind {
     Ws,
     /// Raw TCP echo.
     TcpEcho,
+    /// HTTP/1.1 that answers one request per connection and closes the
+    /// connection on the next one without an answer (the keep-alive race).
+    OneShot,
 }
 
 /// A running Python upstream; killed on drop.
@@ -63,6 +67,7 @@ impl PyUpstream {
             Kind::Sink => "sink",
             Kind::Ws => "ws",
             Kind::TcpEcho => "tcpecho",
+            Kind::OneShot => "oneshot",
         };
         cmd.arg("-u")
             .arg(&script)

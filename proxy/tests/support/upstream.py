@@ -6,6 +6,11 @@ KIND:
           answered with JSON {"size": N, "sha256": HEX}; GET answers "py upstream".
   ws      WebSocket echo (the `websockets` library) on any path.
   tcpecho raw TCP echo: every byte back, close after the client's EOF.
+  oneshot HTTP/1.1 keep-alive race: the first request on a connection is
+          answered 200 "oneshot <n>\n" (n counts answers, server-wide) and the
+          connection kept open; the next request's head is read and the
+          connection closed without an answer, as a server does whose
+          keep-alive timeout fired just as the request arrived.
 
 Prints "READY <port>" on stdout once listening.
 """
@@ -94,6 +99,28 @@ async def sink_conn(reader, writer):
         writer.close()
 
 
+ONESHOT_ANSWERS = 0
+
+
+async def oneshot_conn(reader, writer):
+    global ONESHOT_ANSWERS
+    try:
+        method, target, headers = await read_head(reader)
+        left = int(headers.get("content-length", "0"))
+        if left:
+            await reader.readexactly(left)
+        ONESHOT_ANSWERS += 1
+        body = b"oneshot %d\n" % ONESHOT_ANSWERS
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
+                     str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        await read_head(reader)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
 async def tcpecho_conn(reader, writer):
     try:
         while True:
@@ -108,7 +135,7 @@ async def tcpecho_conn(reader, writer):
 
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["sink", "ws", "tcpecho"])
+    p.add_argument("kind", choices=["sink", "ws", "tcpecho", "oneshot"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
@@ -127,7 +154,7 @@ async def main():
         async with serve(echo, args.host, args.port, ssl=ctx, max_size=None) as server:
             ready(server)
             await asyncio.Future()
-    handler = sink_conn if args.kind == "sink" else tcpecho_conn
+    handler = {"sink": sink_conn, "oneshot": oneshot_conn}.get(args.kind, tcpecho_conn)
     server = await asyncio.start_server(handler, args.host, args.port, ssl=ctx,
                                         limit=1 << 20)
     ready(server)

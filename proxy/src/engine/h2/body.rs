@@ -2,6 +2,7 @@
 //! sending and released only once the data was handed on, so memory stays
 //! bounded by the windows whatever the body size.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::engine::body::Capture;
+use crate::upstream::failure::REPLAY_LIMIT;
 
 /// Why an HTTP/2 → HTTP/2 body relay stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +47,121 @@ pub async fn send_all(dst: &mut SendStream<Bytes>, mut data: Bytes) -> Result<()
     Ok(())
 }
 
+/// Request body already taken from the client, kept (up to
+/// [`REPLAY_LIMIT`]) so that a stream the upstream refused can be sent
+/// again on another connection.
+#[derive(Debug, Default)]
+pub struct Replay {
+    chunks: Vec<Bytes>,
+    kept: usize,
+    /// Body bytes taken from the client in all.
+    pub taken: u64,
+    /// More was taken than kept, or keeping stopped: not replayable.
+    overflow: bool,
+    /// The client's body ended (with these trailers, if any).
+    ended: bool,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Replay {
+    /// Keep `data`, taken from the client.
+    pub fn push(&mut self, data: &Bytes) {
+        self.taken += data.len() as u64;
+        if self.overflow {
+            return;
+        }
+        if self.kept + data.len() > REPLAY_LIMIT {
+            self.stop();
+            return;
+        }
+        self.kept += data.len();
+        self.chunks.push(data.clone());
+    }
+
+    /// Keep a copy of `data` (no copy is made once keeping stopped).
+    pub fn push_slice(&mut self, data: &[u8]) {
+        if self.overflow {
+            self.taken += data.len() as u64;
+        } else {
+            self.push(&Bytes::copy_from_slice(data));
+        }
+    }
+
+    /// The client's body ended with `trailers`.
+    pub fn end(&mut self, trailers: Option<&http::HeaderMap>) {
+        self.ended = true;
+        self.trailers = trailers.cloned();
+    }
+
+    /// Nothing will be replayed (the response started): drop what is kept.
+    pub fn stop(&mut self) {
+        self.overflow = true;
+        self.chunks = Vec::new();
+        self.kept = 0;
+    }
+
+    /// Whether everything taken so far can be sent again.
+    pub fn replayable(&self) -> bool {
+        !self.overflow
+    }
+
+    /// Whether anything was taken (DATA or the end with trailers).
+    pub fn is_empty(&self) -> bool {
+        self.taken == 0 && self.trailers.is_none()
+    }
+
+    /// Whether the client's body is complete in here.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// What to send again on a new stream (cheap: `Bytes` are shared).
+    pub fn again(&self) -> Again {
+        Again {
+            chunks: self.chunks.clone(),
+            end: self.ended.then(|| self.trailers.clone()),
+        }
+    }
+}
+
+/// A snapshot of a [`Replay`] to send on a new stream.
+#[derive(Debug)]
+pub struct Again {
+    chunks: Vec<Bytes>,
+    /// Set when the body had ended: the trailers to end it with.
+    end: Option<Option<http::HeaderMap>>,
+}
+
+impl Again {
+    /// Send it on `dst`, ending the stream when the client's body had ended.
+    pub async fn send(self, dst: &mut SendStream<Bytes>) -> Result<(), h2::Error> {
+        for c in self.chunks {
+            send_all(dst, c).await?;
+        }
+        match self.end {
+            Some(Some(t)) => dst.send_trailers(t),
+            Some(None) => dst.send_data(Bytes::new(), true),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Relay `src`'s DATA and trailers to `dst` (ending its stream). A reset
 /// or error of `src` resets `dst` with the same reason. Returns body bytes.
 pub async fn pump(
     src: &mut RecvStream,
     dst: &mut SendStream<Bytes>,
     cap: &mut Capture,
+) -> Result<u64, PumpError> {
+    pump_kept(src, dst, cap, None).await
+}
+
+/// [`pump`], keeping what is taken from `src` in `replay`.
+pub async fn pump_kept(
+    src: &mut RecvStream,
+    dst: &mut SendStream<Bytes>,
+    cap: &mut Capture,
+    replay: Option<&RefCell<Replay>>,
 ) -> Result<u64, PumpError> {
     let mut n = 0u64;
     loop {
@@ -68,9 +179,14 @@ pub async fn pump(
             Some(Ok(data)) => {
                 let len = data.len();
                 cap.push(&data);
+                if let Some(r) = replay {
+                    r.borrow_mut().push(&data);
+                }
                 n += len as u64;
-                send_all(dst, data).await.map_err(PumpError::Dst)?;
+                let sent = send_all(dst, data).await;
+                // Released either way: a copy is kept in `replay` if needed.
                 let _ = src.flow_control().release_capacity(len);
+                sent.map_err(PumpError::Dst)?;
             }
             Some(Err(e)) => {
                 dst.send_reset(e.reason().unwrap_or(Reason::CANCEL));
@@ -84,6 +200,9 @@ pub async fn pump(
                         return Err(PumpError::Src(e));
                     }
                 };
+                if let Some(r) = replay {
+                    r.borrow_mut().end(trailers.as_ref());
+                }
                 match trailers {
                     Some(t) => dst.send_trailers(t),
                     None => dst.send_data(Bytes::new(), true),

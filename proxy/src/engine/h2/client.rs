@@ -24,9 +24,22 @@ pub struct H2Upstream {
     pub send: SendRequest<Bytes>,
     pub addr: SocketAddr,
     alive: Rc<Cell<bool>>,
+    /// Streams answered by this destination (all its connections of the
+    /// worker): a refused retry while it grows is progress, not futility.
+    progress: Rc<Cell<u64>>,
 }
 
 impl H2Upstream {
+    /// Streams the destination has answered so far.
+    pub fn progress(&self) -> u64 {
+        self.progress.get()
+    }
+
+    /// A response head arrived on this connection.
+    pub fn answered(&self) {
+        self.progress.set(self.progress.get().wrapping_add(1));
+    }
+
     /// Stop using this connection for new streams (GOAWAY, error).
     pub fn retire(&self, worker: &Worker, target: &Target) {
         self.alive.set(false);
@@ -48,6 +61,12 @@ pub struct H2Pool {
     connecting: HashSet<Target>,
     /// Targets that answered http/1.1 when offered h2 (use the HTTP/1 pool).
     h1_only: HashSet<Target>,
+    /// Targets this worker has spoken h2 to: after their connection went
+    /// away, HTTP/1.1 clients get a new h2 connection rather than an
+    /// HTTP/1.1 one an h2-only server would refuse.
+    h2_known: HashSet<Target>,
+    /// Answered-stream counters per destination (see [`H2Upstream::progress`]).
+    progress: HashMap<Target, Rc<Cell<u64>>>,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -79,7 +98,26 @@ pub fn is_h1_only(worker: &Worker, target: &Target) -> bool {
 
 /// Remember that `target` chose http/1.1 over h2.
 pub fn mark_h1_only(worker: &Worker, target: &Target) {
-    worker.h2.borrow_mut().h1_only.insert(target.clone());
+    let mut pool = worker.h2.borrow_mut();
+    pool.h2_known.remove(target);
+    pool.h1_only.insert(target.clone());
+}
+
+/// The HTTP/2 upstream for a request of an HTTP/1.1 client: the live
+/// connection to `target`, or a new one when `target` spoke h2 before
+/// (its connection ended: GOAWAY, idle close). `None`: use the HTTP/1 pool.
+pub async fn for_http1_client(
+    worker: &Worker,
+    target: &Target,
+    client: SocketAddr,
+) -> Option<Result<Upstream, UpstreamError>> {
+    if let Some(up) = lookup(worker, target) {
+        return Some(Ok(Upstream::H2(up, ConnectTimings::default())));
+    }
+    if !worker.h2.borrow().h2_known.contains(target) {
+        return None;
+    }
+    Some(get(worker, target, client).await)
 }
 
 /// Window sizes and limits of upstream connections.
@@ -123,10 +161,18 @@ async fn adopt_checked(
     };
     let ping = if verify { connection.ping_pong() } else { None };
     let alive = Rc::new(Cell::new(true));
+    let progress = worker
+        .h2
+        .borrow_mut()
+        .progress
+        .entry(target.clone())
+        .or_default()
+        .clone();
     let up = H2Upstream {
         send,
         addr: conn.addr,
         alive: alive.clone(),
+        progress,
     };
     let shared: Arc<crate::worker::Shared> = worker.shared.clone();
     let (addr, client) = (conn.addr, conn.last_client);
@@ -152,7 +198,10 @@ async fn adopt_checked(
             ));
         }
     }
-    worker.h2.borrow_mut().conns.insert(target, up.clone());
+    let mut pool = worker.h2.borrow_mut();
+    pool.h1_only.remove(&target);
+    pool.h2_known.insert(target.clone());
+    pool.conns.insert(target, up.clone());
     Ok(up)
 }
 

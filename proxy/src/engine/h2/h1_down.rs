@@ -8,8 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::body::H2Writer;
-use super::client::H2Upstream;
+use super::body::{H2Writer, Replay};
+use super::client::{H2Upstream, Upstream};
 use super::translate;
 use crate::engine::body::{self, BodyError, Capture};
 use crate::engine::request::{self, Route};
@@ -18,6 +18,7 @@ use crate::engine::verdict::{self, Verdict};
 use crate::flowlog::{HttpFlow, HttpVersion};
 use crate::http1::codec::{self, BodyKind, RequestHead};
 use crate::net::stream::ClientIo;
+use crate::upstream::failure::{self, Cause, H2Budget};
 use crate::worker::Worker;
 
 /// Everything one request needs (borrowed from the HTTP/1 engine's loop).
@@ -67,74 +68,139 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
     } else {
         "http"
     };
-    let fail = |flow: &mut HttpFlow, msg: String| {
-        flow.response = None;
-        flow.error = Some(msg);
-    };
-    let req = match translate::h2_request(&up_head, scheme) {
-        Ok(r) => r,
-        Err(msg) => {
-            let _ = send_error(client, 502, &msg).await;
-            fail(flow, msg);
-            return false;
-        }
-    };
     let eos = req_kind == BodyKind::Empty;
-    let started = match up.send.clone().ready().await {
-        Ok(mut s) => s.send_request(req, eos),
-        Err(e) => Err(e),
-    };
-    let (resp_fut, mut up_send) = match started {
-        Ok(x) => x,
-        Err(e) => {
-            up.retire(worker, &route.target);
-            let msg = format!("upstream HTTP/2 connection failed: {e}");
-            let _ = send_error(client, 502, &msg).await;
-            fail(flow, msg);
-            return false;
-        }
-    };
     let limit = worker.shared.flowlog.body_capture_limit();
-    if !eos {
-        if expect_continue {
-            if client
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            let _ = client.flush().await;
-        }
-        let mut cap = Capture::new(limit);
-        let mut w = H2Writer { send: &mut up_send };
-        match body::relay(client, buf, &mut w, req_kind, true, &mut cap).await {
-            Ok(n) => {
-                flow.request_bytes = n;
-                let _ = up_send.send_data(Bytes::new(), true);
-            }
-            Err(BodyError::Write(e)) => {
-                let msg =
-                    format!("upstream HTTP/2 stream closed while receiving the request body: {e}");
+    let metrics = &worker.shared.metrics;
+    // The body as sent, kept (up to REPLAY_LIMIT) to send it again when the
+    // upstream proves it did not process the stream (GOAWAY, REFUSED_STREAM).
+    let mut kept: Option<Replay> = None;
+    let mut up = up;
+    let mut budget = H2Budget::default();
+    let resp = loop {
+        let seen = up.progress();
+        let req = match translate::h2_request(&up_head, scheme) {
+            Ok(r) => r,
+            Err(msg) => {
                 let _ = send_error(client, 502, &msg).await;
-                fail(flow, msg);
+                flow.response = None;
+                failure::record(metrics, flow, Cause::Invalid, msg);
                 return false;
             }
+        };
+        flow.server_addr = Some(up.addr);
+        let started = match up.send.clone().ready().await {
+            Ok(mut s) => s.send_request(req, eos),
+            Err(e) => Err(e),
+        };
+        // The error, and whether the upstream proved it did not process it.
+        let (e, retryable, what) = match started {
             Err(e) => {
-                up_send.send_reset(h2::Reason::CANCEL);
-                flow.error = Some(format!("client: {e}"));
+                up.retire(worker, &route.target);
+                let never_sent = e.is_go_away() || e.is_io() || e.is_remote();
+                (e, never_sent, "upstream HTTP/2 connection failed")
+            }
+            Ok((resp_fut, mut up_send)) => {
+                if !eos {
+                    match kept.as_ref() {
+                        // A retry: the whole body was kept.
+                        // (A failure shows in the response future.)
+                        Some(r) => {
+                            let _ = r.again().send(&mut up_send).await;
+                        }
+                        None => {
+                            if expect_continue {
+                                if client
+                                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                                    .await
+                                    .is_err()
+                                {
+                                    return false;
+                                }
+                                let _ = client.flush().await;
+                            }
+                            let mut cap = Capture::new(limit);
+                            let mut replay = Replay::default();
+                            let mut w = Keeping {
+                                inner: H2Writer { send: &mut up_send },
+                                replay: &mut replay,
+                            };
+                            match body::relay(client, buf, &mut w, req_kind, true, &mut cap).await {
+                                Ok(n) => {
+                                    flow.request_bytes = n;
+                                    let _ = up_send.send_data(Bytes::new(), true);
+                                    replay.end(None);
+                                    kept = Some(replay);
+                                }
+                                Err(BodyError::Write(e)) => {
+                                    let msg = format!(
+                                        "upstream HTTP/2 stream closed while receiving the request body: {e}"
+                                    );
+                                    let _ = send_error(client, 502, &msg).await;
+                                    flow.response = None;
+                                    failure::record(metrics, flow, Cause::Closed, msg);
+                                    return false;
+                                }
+                                Err(e) => {
+                                    up_send.send_reset(h2::Reason::CANCEL);
+                                    flow.error = Some(format!("client: {e}"));
+                                    return false;
+                                }
+                            }
+                            flow.request_body = cap.finish();
+                        }
+                    }
+                }
+                match resp_fut.await {
+                    Ok(r) => {
+                        up.answered();
+                        break r;
+                    }
+                    Err(e) => {
+                        if e.is_go_away() {
+                            up.retire(worker, &route.target);
+                        }
+                        let unprocessed = failure::h2_unprocessed(&e)
+                            && (eos || kept.as_ref().is_some_and(Replay::replayable));
+                        (e, unprocessed, "upstream HTTP/2 stream failed")
+                    }
+                }
+            }
+        };
+        let cause = failure::h2_cause(&e);
+        let again = retryable && budget.refused(up.progress() != seen);
+        if !again {
+            let tries = if retryable {
+                format!(" (after {} attempts)", budget.attempts())
+            } else {
+                String::new()
+            };
+            let msg = format!("{what}: {}{tries}", failure::describe_h2(&e));
+            let _ = send_error(client, 502, &msg).await;
+            flow.response = None;
+            failure::record(metrics, flow, cause, msg);
+            return false;
+        }
+        tracing::debug!(error = %e, "upstream did not process the request; retrying on a new connection");
+        failure::record_retry(metrics, flow, cause);
+        match super::client::get(worker, &route.target, flow.client).await {
+            Ok(Upstream::H2(next, _)) => up = next,
+            Ok(Upstream::H1(conn, _)) => {
+                // The destination answered HTTP/1.1 this time: not worth a
+                // second path for a moment's change of mind.
+                worker.release_upstream(*conn);
+                let msg = format!("{what}: {e}; its new connection speaks HTTP/1.1 only");
+                let _ = send_error(client, 502, &msg).await;
+                flow.response = None;
+                failure::record(metrics, flow, cause, msg);
                 return false;
             }
-        }
-        flow.request_body = cap.finish();
-    }
-    let resp = match resp_fut.await {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = format!("upstream HTTP/2 stream failed: {e}");
-            let _ = send_error(client, 502, &msg).await;
-            fail(flow, msg);
-            return false;
+            Err(err) => {
+                let msg = format!("{what}: {e}; a new connection failed: {err}");
+                let _ = send_error(client, err.status(), &msg).await;
+                flow.response = None;
+                failure::record(metrics, flow, failure::connect_cause(&err), msg);
+                return false;
+            }
         }
     };
     flow.timings.ttfb = Some(t0.elapsed());
@@ -185,7 +251,8 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
         let data = match data {
             Ok(d) => d,
             Err(e) => {
-                flow.error = Some(format!("upstream stream failed during the response: {e}"));
+                let msg = format!("upstream stream failed during the response: {e}");
+                failure::record(&worker.shared.metrics, flow, failure::h2_cause(&e), msg);
                 return false;
             }
         };
@@ -225,4 +292,40 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
         r.body = cap.finish();
     }
     !close
+}
+
+/// A writer that keeps what it writes in a [`Replay`] (which stops keeping
+/// past its limit).
+struct Keeping<'a, W> {
+    inner: W,
+    replay: &'a mut Replay,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Keeping<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.replay.push_slice(&buf[..*n]);
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

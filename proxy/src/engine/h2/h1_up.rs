@@ -14,6 +14,7 @@ use crate::engine::{HeadError, HeadWaits, read_head, request};
 use crate::flowlog::HttpVersion;
 use crate::http1::codec::{self, BodyKind, RequestHead, parse_response};
 use crate::upstream::UpstreamConn;
+use crate::upstream::failure::{self, Cause, H1Stage};
 
 /// Run the exchange; the connection goes back to the pool when reusable.
 pub(super) async fn exchange(
@@ -72,106 +73,62 @@ async fn run(
     let up_head = x.edited(request::upstream_head(h, x.route, kind, None));
     let mut out = Vec::with_capacity(512);
     codec::write_request_head(&up_head, &mut out);
-    if let Err(e) = conn.io.write_all(&out).await {
-        x.fail(format!("upstream closed the connection: {e}"));
-        return false;
-    }
     let limit = shared.flowlog.body_capture_limit();
-    let mut req_cap = Capture::new(limit);
-    let sent = match kind {
-        BodyKind::Empty => Ok(0),
-        BodyKind::Chunked => send_chunked(body, conn, &mut req_cap).await,
-        k => {
-            let mut reader = H2Reader::new(body);
-            body::relay(
-                &mut reader,
-                &mut Vec::new(),
-                &mut conn.io,
-                k,
-                false,
-                &mut req_cap,
-            )
-            .await
-        }
-    };
-    match sent {
-        Ok(n) => x.flow.request_bytes = n,
-        Err(BodyError::Write(e)) => {
-            x.fail(format!(
-                "upstream closed the connection while receiving the request body: {e}"
-            ));
-            return false;
-        }
-        Err(e) => {
-            x.flow.error = Some(format!("client: {e}"));
-            x.respond.send_reset(Reason::CANCEL);
-            return false;
-        }
-    }
-    x.flow.request_body = req_cap.finish();
-    if let Err(e) = conn.io.flush().await {
-        x.fail(format!("upstream: {e}"));
-        return false;
-    }
-
-    // Response head (interim 1xx dropped).
     let mut ubuf = Vec::with_capacity(8192);
-    let limits = shared.cfg.limits;
+    // A reused connection closed by the server as the request went out is
+    // retried once on a new one when safe (upstream/failure.rs).
     let resp = loop {
-        let r = read_head(
-            &mut conn.io,
-            &mut ubuf,
-            HeadWaits::total(shared.cfg.idle_timeout),
-            &|| false,
-            |b| parse_response(b, &limits),
-        )
-        .await;
-        match r {
-            Ok(Some((h, n))) => {
-                ubuf.drain(..n);
-                if (100..200).contains(&h.status) && h.status != 101 {
-                    continue;
-                }
-                break h;
+        let (stage, cause, msg) = match send(x, &out, kind, body, conn, &mut ubuf, limit).await {
+            Ok(h) => break h,
+            Err(None) => return false,
+            Err(Some(f)) => f,
+        };
+        let body_empty = kind == BodyKind::Empty;
+        if !stage.is_some_and(|st| failure::h1_retryable(conn.reused, st, &method, body_empty)) {
+            x.fail(cause, msg);
+            return false;
+        }
+        let client = x.flow.client;
+        match crate::upstream::connect(x.worker, &x.route.target, client).await {
+            Ok((fresh, t)) => {
+                tracing::debug!(error = %msg, method = %method, "reused upstream connection closed before the response; retrying on a new one");
+                failure::record_retry(&shared.metrics, x.flow, Cause::IdleCloseRace);
+                crate::engine::log_server_connect_to(x.worker, client, &fresh);
+                let stale = std::mem::replace(conn, fresh);
+                x.worker.closed_upstreams([stale]);
+                x.flow.server_addr = Some(conn.addr);
+                x.flow.timings.connect = t.connect;
+                x.flow.timings.tls = t.tls;
+                ubuf.clear();
             }
-            Ok(None) => {
-                x.fail("upstream closed the connection without a response".into());
-                return false;
-            }
-            Err(HeadError::Parse(e)) => {
-                x.fail(format!("upstream sent an invalid response: {e}"));
-                return false;
-            }
-            Err(HeadError::HeadTimeout) => {
-                x.fail_with(504, "upstream response head incomplete".into());
-                return false;
-            }
-            Err(HeadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                // Accepted and never answered: a gateway timeout.
-                x.fail_with(
-                    504,
-                    format!(
-                        "upstream did not answer within {}s",
-                        shared.cfg.idle_timeout.as_secs()
-                    ),
+            Err(e) => {
+                x.fail(
+                    failure::connect_cause(&e),
+                    format!("{msg}; a new connection failed too: {e}"),
                 );
-                return false;
-            }
-            Err(HeadError::Io(e)) => {
-                x.fail(format!("reading the upstream response: {e}"));
                 return false;
             }
         }
     };
     x.flow.timings.ttfb = Some(x.t0.elapsed());
+    conn.keep_alive = resp
+        .headers
+        .get("keep-alive")
+        .and_then(failure::keep_alive_timeout);
     let resp_kind = match codec::response_body_kind(&resp, &method) {
         Ok(k) if resp.status != 101 => k,
         Ok(_) => {
-            x.fail("upstream switched protocols, which HTTP/2 cannot carry".into());
+            x.fail(
+                Cause::Invalid,
+                "upstream switched protocols, which HTTP/2 cannot carry".into(),
+            );
             return false;
         }
         Err(e) => {
-            x.fail(format!("upstream response has invalid framing: {e}"));
+            x.fail(
+                Cause::Invalid,
+                format!("upstream response has invalid framing: {e}"),
+            );
             return false;
         }
     };
@@ -188,8 +145,8 @@ async fn run(
     let out = translate::h2_response(resp.status, &fields);
     let mut down = match x.respond.send_response(out, eos) {
         Ok(s) => s,
-        Err(e) => {
-            x.flow.error = Some(format!("client stream closed before the response: {e}"));
+        Err(_) => {
+            x.flow.error = Some(super::stream::client_closed_stream(&mut x.respond));
             return false;
         }
     };
@@ -225,7 +182,8 @@ async fn run(
             return false;
         }
         Err(e) => {
-            x.flow.error = Some(format!("upstream: {e}"));
+            let msg = format!("upstream failed during the response: {e}");
+            failure::record(&shared.metrics, x.flow, Cause::Closed, msg);
             down.send_reset(Reason::INTERNAL_ERROR);
             return false;
         }
@@ -234,6 +192,132 @@ async fn run(
         r.body = resp_cap.finish();
     }
     reusable(&resp, resp_kind, &ubuf)
+}
+
+/// One attempt: request head and body out, response head in (interim 1xx
+/// dropped). `Err(None)`: the client side broke (recorded); `Err(Some(..))`:
+/// the upstream failed, with the stage when no response byte had arrived.
+async fn send(
+    x: &mut Exchange<'_>,
+    out: &[u8],
+    kind: BodyKind,
+    body: &mut RecvStream,
+    conn: &mut UpstreamConn,
+    ubuf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<codec::ResponseHead, Option<(Option<H1Stage>, Cause, String)>> {
+    let shared = &x.worker.shared;
+    if let Err(e) = conn.io.write_all(out).await {
+        return Err(Some((
+            Some(H1Stage::Head),
+            Cause::Closed,
+            format!("upstream closed the connection: {e}"),
+        )));
+    }
+    let mut req_cap = Capture::new(limit);
+    let sent = match kind {
+        BodyKind::Empty => Ok(0),
+        BodyKind::Chunked => send_chunked(body, conn, &mut req_cap).await,
+        k => {
+            let mut reader = H2Reader::new(body);
+            body::relay(
+                &mut reader,
+                &mut Vec::new(),
+                &mut conn.io,
+                k,
+                false,
+                &mut req_cap,
+            )
+            .await
+        }
+    };
+    match sent {
+        Ok(n) => x.flow.request_bytes = n,
+        Err(BodyError::Write(e)) => {
+            return Err(Some((
+                None,
+                Cause::Closed,
+                format!("upstream closed the connection while receiving the request body: {e}"),
+            )));
+        }
+        Err(e) => {
+            x.flow.error = Some(format!("client: {e}"));
+            x.respond.send_reset(Reason::CANCEL);
+            return Err(None);
+        }
+    }
+    x.flow.request_body = req_cap.finish();
+    if let Err(e) = conn.io.flush().await {
+        let stage = (kind == BodyKind::Empty).then_some(H1Stage::Head);
+        return Err(Some((stage, Cause::Closed, format!("upstream: {e}"))));
+    }
+    let limits = shared.cfg.limits;
+    loop {
+        let r = read_head(
+            &mut conn.io,
+            ubuf,
+            HeadWaits::total(shared.cfg.idle_timeout),
+            &|| false,
+            |b| parse_response(b, &limits),
+        )
+        .await;
+        match r {
+            Ok(Some((h, n))) => {
+                ubuf.drain(..n);
+                if (100..200).contains(&h.status) && h.status != 101 {
+                    continue;
+                }
+                return Ok(h);
+            }
+            Ok(None) => {
+                let cause = if conn.reused {
+                    Cause::IdleCloseRace
+                } else {
+                    Cause::Closed
+                };
+                return Err(Some((
+                    Some(H1Stage::AwaitingResponse),
+                    cause,
+                    "upstream closed the connection without a response".into(),
+                )));
+            }
+            Err(HeadError::Parse(e)) => {
+                return Err(Some((
+                    None,
+                    Cause::Invalid,
+                    format!("upstream sent an invalid response: {e}"),
+                )));
+            }
+            Err(HeadError::HeadTimeout) => {
+                return Err(Some((
+                    None,
+                    Cause::Timeout,
+                    "upstream response head incomplete".into(),
+                )));
+            }
+            Err(HeadError::Io(e)) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    let msg = format!(
+                        "upstream did not answer within {}s",
+                        shared.cfg.idle_timeout.as_secs()
+                    );
+                    return Err(Some((None, Cause::Timeout, msg)));
+                }
+                let early = ubuf.is_empty() && failure::is_peer_close(&e);
+                let cause = if early && conn.reused {
+                    Cause::IdleCloseRace
+                } else {
+                    Cause::Closed
+                };
+                let stage = early.then_some(H1Stage::AwaitingResponse);
+                return Err(Some((
+                    stage,
+                    cause,
+                    format!("reading the upstream response: {e}"),
+                )));
+            }
+        }
+    }
 }
 
 fn reusable(resp: &codec::ResponseHead, kind: BodyKind, ubuf: &[u8]) -> bool {

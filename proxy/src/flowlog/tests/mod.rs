@@ -68,6 +68,8 @@ pub(super) fn flow() -> HttpFlow {
         tag: None,
         trace: None,
         error: None,
+        error_cause: None,
+        upstream_retries: 0,
     }
 }
 

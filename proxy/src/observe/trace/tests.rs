@@ -144,6 +144,8 @@ fn http_flow(status: Option<u16>, error: Option<&str>) -> HttpFlow {
         tag: Some("s3".into()),
         trace: None,
         error: error.map(str::to_owned),
+        error_cause: None,
+        upstream_retries: 0,
     }
 }
 
