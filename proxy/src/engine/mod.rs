@@ -699,11 +699,13 @@ impl Send<'_> {
         let body_empty = matches!(self.req_kind, BodyKind::Empty);
         // `Expect: 100-continue` was forwarded: the upstream may refuse the
         // body before it is sent (413, 401, 417 …), or say 100.
-        if self.expect_continue && !body_empty && !*self.sent_continue {
-            if let Some(h) = self.await_continue(conn, &limits).await? {
-                *self.answered_early = true;
-                return Ok(h);
-            }
+        if self.expect_continue
+            && !body_empty
+            && !*self.sent_continue
+            && let Some(h) = self.await_continue(conn, &limits).await?
+        {
+            *self.answered_early = true;
+            return Ok(h);
         }
         self.send_body(conn).await?;
         if let Err(e) = conn.io.flush().await {
