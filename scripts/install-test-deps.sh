@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv="${TPROXY_TEST_VENV:-$here/target/test-venv}"
 
 apt_pkgs=(
-  iptables nftables iproute2 procps
+  iptables nftables iproute2 procps iputils-ping
   nginx-light nghttp2-client curl openssl wrk
   prometheus
   python3-venv
@@ -38,6 +38,7 @@ fi
 # Python packages: mitmproxy (CA interop, peer in benchmarks), grpcio (gRPC
 # through the proxy), kubernetes-validate (manifests).
 py_pkgs=(mitmproxy grpcio grpcio-tools kubernetes-validate)
+py_pkgs+=(requests pyyaml) # e2e harness (e2e/) and its pods' Python client
 py_pkgs+=(websockets) # WebSocket echo upstream of proxy/tests (itests)
 py_pkgs+=(h2 pyOpenSSL) # h2-only upstream and multi-stream client (proxy/tests/support/h2*.py)
 if [ ! -x "$venv/bin/python" ]; then

@@ -19,7 +19,8 @@ which kube-rs relists.
 Control on stdin, one JSON object per line, each answered by `ok RV` on stdout:
   {"op": "put", "pod": {...}}                    create or replace a pod
   {"op": "delete", "namespace": N, "name": P}    delete it (DELETED event)
-  {"op": "expire"}                               compact: open watches get 410
+  {"op": "expire"}                               compact and end open watches:
+                                                 their resumption gets 410 Gone
 """
 import json
 import ssl
@@ -32,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 LOCK = threading.Condition()
-STATE = {"rv": 100, "pods": {}, "events": [], "compacted": 0}
+STATE = {"rv": 100, "pods": {}, "events": [], "compacted": 0, "epoch": 0}
 TOKEN = ""
 REQLOG = None
 
@@ -99,7 +100,10 @@ def control(line):
                 pod["metadata"]["resourceVersion"] = rv
                 STATE["events"].append((int(rv), "DELETED", pod))
         elif cmd["op"] == "expire":
+            # Compaction up to now, and every open watch ends (as when the API
+            # server restarts): their resumption from an older version gets 410.
             STATE["compacted"] = int(rv)
+            STATE["epoch"] += 1
         LOCK.notify_all()
     print(f"ok {rv}", flush=True)
 
@@ -170,6 +174,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         deadline = time.monotonic() + timeout
+        with LOCK:
+            epoch = STATE["epoch"]
         last_sent = time.monotonic()
         try:
             while time.monotonic() < deadline:
@@ -184,8 +190,11 @@ class Handler(BaseHTTPRequestHandler):
                             LOCK.wait(1.0)
                             pending = [e for e in STATE["events"] if e[0] > since]
                     rv = STATE["rv"]
+                    ended = STATE["epoch"] != epoch
                 if gone:
                     self.chunk({"type": "ERROR", "object": status(410, "Expired", f"too old resource version: {since} ({rv})")})
+                    break
+                if ended:
                     break
                 for erv, etype, obj in pending:
                     since = erv
