@@ -292,9 +292,16 @@ http {{
             pw = p.running.get("podwatch")
             if pw and not pw.alive():
                 raise RuntimeError(f"podwatch container exited {pw.popen.returncode}: {open(pw.err).read()[-2000:]}")
-            return self.node_curl("-f", "-o", "/dev/null", self.admin_url("/readyz")).returncode == 0
+            # During a surge rollout the admin port is shared (SO_REUSEPORT)
+            # with the old pod, so /readyz alone cannot tell which one
+            # answered: the new process must also have logged every listener.
+            modes = sum(1 for a in p.container("proxy").get("args", []) if a.startswith("--mode"))
+            with open(proxy.err, encoding="utf-8", errors="replace") as f:
+                listening = f.read().count("listening")
+            return listening >= modes + 1 and \
+                self.node_curl("-f", "-o", "/dev/null", self.admin_url("/readyz")).returncode == 0
 
-        wait_for(ready, timeout, 0.2, "the proxy's /readyz (startupProbe)")
+        wait_for(ready, timeout, 0.2, "the proxy's listeners and /readyz (startupProbe)")
 
     def start_webhook(self):
         dep = self.rendered.get("Deployment", component="initializer")

@@ -23,6 +23,34 @@ import subprocess
 import sys
 
 
+def in_root(root, path):
+    """`path` as seen inside `root` (symlinks resolved relative to `root`, as
+    after chroot: /var/run → /run must not lead out to the host's /run)."""
+    parts = [p for p in path.split("/") if p]
+    cur = root
+    hops = 0
+    while parts:
+        comp = parts.pop(0)
+        if comp == ".":
+            continue
+        if comp == "..":
+            if cur != root:
+                cur = os.path.dirname(cur)
+            continue
+        nxt = os.path.join(cur, comp)
+        if os.path.islink(nxt):
+            hops += 1
+            if hops > 40:
+                raise OSError(f"too many symlinks under {path}")
+            target = os.readlink(nxt)
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                cur = root
+            continue
+        cur = nxt
+    return cur
+
+
 def mount(*args):
     subprocess.run(["mount", *args], check=True)
 
@@ -47,7 +75,7 @@ def main():
         mount("--rbind", f"/{special}", os.path.join(root, special))
     # The image's own files (its trust store).
     for f in spec.get("image_files", []):
-        dst = os.path.join(root, f["dst"].lstrip("/"))
+        dst = in_root(root, f["dst"])
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if os.path.lexists(dst):
             os.unlink(dst)
@@ -55,7 +83,7 @@ def main():
         os.chmod(dst, 0o644)
     # Parents before children, as the runtime sorts them.
     for m in sorted(spec["mounts"], key=lambda m: m["dst"].rstrip("/").count("/")):
-        dst = os.path.join(root, m["dst"].lstrip("/"))
+        dst = in_root(root, m["dst"])
         if os.path.isdir(m["src"]):
             os.makedirs(dst, exist_ok=True)
         else:
