@@ -149,8 +149,9 @@ class Run:
         return f"DNS {SERVICE_HOST} → {net.SERVICE_IP}; " + ", ".join(out)
 
     def c5_token(self, pod):
-        r = pod.exec("app", ["sh", "-c", "ls -A /var/run/secrets/kubernetes.io/serviceaccount 2>/dev/null; "
-                                         "find / -xdev -name token -path '*serviceaccount*' 2>/dev/null | head -3"])
+        r = pod.exec("app", ["sh", "-c", "ls -A /var/run/secrets/kubernetes.io/serviceaccount "
+                                         "/run/secrets/kubernetes.io/serviceaccount 2>/dev/null; "
+                                         "grep -l serviceaccount /proc/self/mountinfo 2>/dev/null"])
         expect(r.stdout.strip() == "", f"service-account files in the pod: {r.stdout.strip()}")
         for v in pod.spec.get("volumes") or []:
             expect("serviceAccountToken" not in json.dumps(v), f"volume {v['name']} projects a token")
@@ -228,9 +229,9 @@ class Run:
                 if line.startswith("tproxy_requests_total{") and all(f'{k}="{v}"' in line for k, v in want.items()):
                     out.append(line)
             return out
-        lines = wait_for(series, 10, what=f"tproxy_requests_total for {name}")
-        expect(any('status_class="2xx"' in line or 'status="2' in line for line in lines)
-               and any("418" in line or "4xx" in line for line in lines), f"series: {lines}")
+        lines = wait_for(lambda: (s := series()) and any('status_class="2xx"' in x for x in s)
+                         and any('status_class="4xx"' in x and 'decision="deny"' in x for x in s) and s,
+                         10, what=f"2xx and denied 4xx tproxy_requests_total series for {name}")
         q = f'sum(tproxy_requests_total{{source_pod="{name}",source_workload="web",source_namespace="{APP_NS}"}})'
 
         def prom():
@@ -312,13 +313,9 @@ print(json.dumps(out))
         reloads_before = self.reload_count()
         loop = self.client_loop(pod, f"https://{DENIED_HOST}/loop", 8, "rules-loop")
         time.sleep(2)
-        new_rules = [
-            "rules.rules[0].name=bucket", f"rules.rules[0].match.host={BUCKET_HOST}", "rules.rules[0].match.scheme=https",
-            "rules.rules[0].action=allow",
-            "rules.rules[1].name=example", f"rules.rules[1].match.host={DENIED_HOST}", "rules.rules[1].action=allow",
-        ]
         old_ds = json.dumps(self.c.daemonset()["spec"])
-        self.c.render(new_rules)
+        self.c.values.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "values-rules-upgrade.yaml"))
+        self.c.render()
         expect(json.dumps(self.c.daemonset()["spec"]) == old_ds,
                "the DaemonSet changed with the rules (a rules change would roll the pods)")
         cm_name = next(v["configMap"]["name"] for v in self.c.daemonset_spec()["volumes"] if "configMap" in v and v["name"] == "rules")
@@ -384,11 +381,23 @@ print(json.dumps(out))
         loop = self.client_loop(pod, f"https://{BUCKET_HOST}/roll", 10, "roll-loop")
         time.sleep(2)
         old = self.c.node_pod
-        self.c.render(sets)
+        self.c.sets += sets
+        self.c.render()
         self.c.load_objects()
-        self.c.start_node_pod()
+        surge_error = None
+        try:
+            self.c.start_node_pod()
+        except Exception as e:  # the surge pod never became ready
+            surge_error = e
+            self.c.stop_pod(self.c.node_pod, delete=True)
         self.c.stop_pod(old, delete=True)
+        if surge_error is not None:
+            # What `maxUnavailable: 1` would do, so the later checks run on
+            # the new configuration; the rollout check has failed already.
+            self.c.start_node_pod()
         res = self.loop_result(loop, 40)
+        if surge_error is not None:
+            raise CheckFailed(f"the surge pod did not start beside the old one: {surge_error}")
         return res, old
 
 

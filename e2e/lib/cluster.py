@@ -255,8 +255,10 @@ http {{
             ns, ip = self.topo.node, net.NODE_IP
         else:
             ip = next(self.pod_ips)
-            ns = self.topo.add_pod(netns_name or pod["metadata"]["name"], ip)
+            key = f"{netns_name or pod['metadata']['name']}-{ip.rsplit('.', 1)[1]}"
+            ns = self.topo.add_pod(key, ip)
         p = self.node.create_pod(pod, ns, ip)
+        p.netns_key = None if host else key
         self.api_put_pod(pod)
         p.run_init_containers()
         pod["status"]["phase"] = "Running"
@@ -333,6 +335,9 @@ http {{
         p.stop()
         if delete:
             self.api_delete_pod(p.namespace, p.name)
+            self.node.pods.pop(p.name, None)
+            if not p.host_network:
+                self.topo.remove_pod(p.netns_key)
 
     def admit(self, group, version, kind, resource, obj, namespace):
         """The API server's mutating admission: the webhook is called only

@@ -45,6 +45,7 @@ class Topology:
         self.inet = f"{prefix}-inet"
         self.pods = {}  # pod name → netns
         self.created = []
+        self.veths = 0
 
     def add_ns(self, name):
         sh("ip", "netns", "add", name)
@@ -62,7 +63,10 @@ class Topology:
         in_ns(i, "ip", "link", "set", "eth0", "up")
         in_ns(n, "ip", "route", "add", "default", "via", INET_IP)
         in_ns(n, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        in_ns(n, "ip", "link", "add", "br0", "type", "bridge")
+        # A fixed MAC: a bridge otherwise takes the lowest MAC of its ports,
+        # so each new pod's veth could change the gateway's MAC under the
+        # pods' ARP caches (their traffic then blackholes for seconds).
+        in_ns(n, "ip", "link", "add", "br0", "address", "02:00:c6:12:01:01", "type", "bridge")
         in_ns(n, "ip", "addr", "add", f"{POD_GW}/24", "dev", "br0")
         in_ns(n, "ip", "link", "set", "br0", "up")
         for a in INTERNET_ADDRS:
@@ -73,7 +77,8 @@ class Topology:
         """A pod sandbox: its own netns, a veth on the node's bridge."""
         ns = f"{self.prefix}-{pod}"
         self.add_ns(ns)
-        host_if = f"v{len(self.pods)}"
+        self.veths += 1
+        host_if = f"v{self.veths}"
         sh("ip", "link", "add", host_if, "netns", self.node, "type", "veth", "peer", "name", "eth0", "netns", ns)
         in_ns(self.node, "ip", "link", "set", host_if, "master", "br0")
         in_ns(self.node, "ip", "link", "set", host_if, "up")
