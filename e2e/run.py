@@ -37,6 +37,7 @@ TITLES = {
     11: "helm upgrade of rules: atomic ConfigMap swap changes the answer within 2 s, no restart, no failed request",
     12: "pod deleted from the API (after a 410 Gone relist) → its REDIRECT rule and metric series go",
     13: "a pod without the annotation is not intercepted",
+    19: "a host outside the pod network cannot use the node's proxy (issue #19)",
     16: "DaemonSet rollout (new args) with zero failed requests in a client loop across it (issue #16)",
 }
 
@@ -276,6 +277,21 @@ class Run:
                  what="the standard-mode flows in the flow log")
         return f"https_proxy={env['https_proxy']}; bucket 200, other 418 via CONNECT"
 
+    def c19_outside(self, std):
+        """Through the node's standard-mode port (open on the node's
+        addresses) and its transparent port, from beyond the pod network."""
+        ns = self.c.topo.outside or self.c.topo.add_outside()
+        port = std.env_of(std.container("app"))["https_proxy"].rsplit(":", 1)[1].strip("/")
+        r = net.in_ns(ns, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                      "--cacert", self.c.internet_ca, "-x", f"http://{net.NODE_IP}:{port}",
+                      f"http://{BUCKET_HOST}/outside", check=False)
+        expect(r.stdout not in ("200", "418"), f"the proxy at {net.NODE_IP}:{port} served {net.OUTSIDE_IP}: HTTP {r.stdout}")
+        r2 = net.in_ns(ns, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-k",
+                       "--connect-to", f"{BUCKET_HOST}:443:{net.NODE_IP}:{self.c.hostport()}",
+                       f"https://{BUCKET_HOST}/outside", check=False)
+        expect(r2.stdout not in ("200", "418"), f"the transparent port served {net.OUTSIDE_IP}: HTTP {r2.stdout}")
+        return f"standard port: curl exit {r.returncode} ({r.stderr.strip()[:80]}); transparent port: exit {r2.returncode}"
+
     def client_loop(self, pod, url, seconds, name):
         """Starts a bounded client loop in the pod (new connection per request);
         returns (proc, output file)."""
@@ -483,6 +499,7 @@ def main():
             run.record(10, False, f"standard-mode pod: {e}")
         if std is not None:
             run.check(10, run.c10_standard, std)
+            run.check(19, run.c19_outside, std)
 
         def c7():
             if text_err:

@@ -277,6 +277,14 @@ http {{
         self.wait_proxy_ready(p)
         return p
 
+    def hostport(self):
+        """The transparent listener's port, from the proxy's rendered --mode."""
+        for a in self.node_pod.container("proxy").get("args", []):
+            m = a.split("=", 1)[1] if a.startswith("--mode=") else ""
+            if m.startswith("transparent@"):
+                return m.rsplit(":", 1)[1]
+        raise RuntimeError("the rendered proxy has no transparent --mode")
+
     def admin_url(self, path):
         ds = self.daemonset()
         port = ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]

@@ -24,6 +24,8 @@ DENIED_IP = "198.18.16.11"
 OTHER_PORT_IP = "198.18.16.12"
 OTLP_IP = "198.18.16.30"
 METADATA_IP = "198.18.16.254"
+OUTSIDE_GW = "198.18.32.1"
+OUTSIDE_IP = "198.18.32.2"
 INTERNET_ADDRS = [BUCKET_IP, DENIED_IP, OTHER_PORT_IP, OTLP_IP, METADATA_IP, API_IP, DNS_IP, SERVICE_IP]
 
 
@@ -46,6 +48,7 @@ class Topology:
         self.pods = {}  # pod name → netns
         self.created = []
         self.veths = 0
+        self.outside = None
 
     def add_ns(self, name):
         sh("ip", "netns", "add", name)
@@ -72,6 +75,21 @@ class Topology:
         for a in INTERNET_ADDRS:
             in_ns(i, "ip", "addr", "add", f"{a}/32", "dev", "lo")
         in_ns(i, "ip", "route", "add", POD_CIDR, "via", NODE_IP)
+
+    def add_outside(self):
+        """A host outside the pod network (issue #19): beyond the internet
+        namespace, which routes between it and the node."""
+        ns = f"{self.prefix}-outside"
+        self.add_ns(ns)
+        sh("ip", "link", "add", "out0", "netns", self.inet, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        in_ns(self.inet, "ip", "addr", "add", f"{OUTSIDE_GW}/24", "dev", "out0")
+        in_ns(self.inet, "ip", "link", "set", "out0", "up")
+        in_ns(self.inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        in_ns(ns, "ip", "addr", "add", f"{OUTSIDE_IP}/24", "dev", "eth0")
+        in_ns(ns, "ip", "link", "set", "eth0", "up")
+        in_ns(ns, "ip", "route", "add", "default", "via", OUTSIDE_GW)
+        self.outside = ns
+        return ns
 
     def add_pod(self, pod, ip):
         """A pod sandbox: its own netns, a veth on the node's bridge."""
