@@ -342,6 +342,9 @@ print(json.dumps(out))
         res = self.loop_result(loop, 30)
         errors = [r for r in res if r[1] not in (200, 418)]
         expect(not errors, f"{len(errors)} failed requests across the upgrade, e.g. {errors[:3]}")
+        before = [r for r in res if r[0] < t_swap]
+        expect(before and all(r[1] == 418 for r in before),
+               f"before the upgrade the host must be denied (418): {sorted({r[1] for r in before})}")
         first_200 = next((r[0] for r in res if r[1] == 200), None)
         expect(first_200 is not None, f"the answer never changed to 200 ({len(res)} requests)")
         lag = first_200 - t_swap
@@ -428,6 +431,8 @@ def main():
                     help="directory of tproxy, tproxy-podwatch, tproxy-initializer, tproxy-sidecar (default <repo>/target/debug)")
     ap.add_argument("--python", default=os.environ.get("TPROXY_TEST_VENV", os.path.join(repo, "target/test-venv")) + "/bin/python",
                     help="Python with requests, run in the pods (default the test venv's)")
+    ap.add_argument("--values", action="append", default=[], metavar="FILE",
+                    help="extra chart values file after e2e/values.yaml (repeatable), e.g. to see a check fail")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, volumes) after the run")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -453,6 +458,7 @@ def main():
     started = time.monotonic()
     c = Cluster(repo, args.chart, args.helm, args.bin_dir, keep=args.keep)
     c.python = args.python
+    c.values += [os.path.abspath(v) for v in args.values]
     run = Run(c)
     try:
         print("== building the cluster", flush=True)
