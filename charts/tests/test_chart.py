@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 import re
-import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -138,6 +138,9 @@ def test_every_object_is_labelled_and_namespaced(rendered):
                 assert key in labels, f"{name}: {obj['kind']}/{meta['name']} lacks label {key}"
             if obj["kind"] in cluster_scoped:
                 assert "namespace" not in meta
+            elif obj["kind"] in ("Role", "RoleBinding"):
+                # podwatch's Roles live in the namespaces it watches.
+                assert meta["namespace"] in ("shop", "batch"), meta
             else:
                 assert meta.get("namespace") == NAMESPACE, f"{obj['kind']}/{meta['name']}"
 
@@ -258,10 +261,12 @@ def test_proxy_args_name_paths_the_volumes_mount(name, rendered):
 
     # Listeners: transparent on hostPort (podwatch REDIRECTs there), regular on 1080 when asked.
     modes = [a.split("=", 1)[1] for a in args if a.startswith("--mode=")]
-    assert modes[0] == "transparent@0.0.0.0:8080"
+    # One dual-stack socket: podwatch redirects IPv6 too (podwatch.ipv6).
+    assert modes[0] == "transparent@[::]:8080"
     assert flag(podwatch["args"], "proxy-port") == "8080"
+    assert flag(podwatch["args"], "ipv6") == "true"
     if "standard" in name:
-        assert modes[1:] == ["regular@0.0.0.0:1080"]
+        assert modes[1:] == ["regular@[::]:1080"]
     else:
         assert modes[1:] == []
 
@@ -297,6 +302,14 @@ def test_proxy_args_name_paths_the_volumes_mount(name, rendered):
     ann = ds["spec"]["template"]["metadata"]["annotations"]
     assert "checksum/ca" in ann
     assert not any("rules" in k for k in ann), ann
+
+
+def test_ipv6_off_listens_on_ipv4_only():
+    objs = render("--set", "podwatch.ipv6=false", "--set", "tproxy.addStandardModeProxy=true")
+    args = container(objs, "proxy")["args"]
+    assert [a for a in args if a.startswith("--mode=")] == ["--mode=transparent@0.0.0.0:8080",
+                                                           "--mode=regular@0.0.0.0:1080"]
+    assert flag(container(objs, "podwatch")["args"], "ipv6") == "false"
 
 
 def test_tracing_and_sampler_reach_the_proxy(rendered):
@@ -446,7 +459,7 @@ def test_webhook_configuration_matches_the_deployment(rendered):
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     service = find(objs, "Service", hook["clientConfig"]["service"]["name"])
-    assert service["spec"]["selector"] == dep["spec"]["template"]["metadata"]["labels"] | service["spec"]["selector"]
+    assert service["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     # cert-manager: no chart-made serving cert, the CA injected by cert-manager.
     cm = rendered["cert-manager"]
     cmhook, = find(cm, "MutatingWebhookConfiguration")["webhooks"]
@@ -487,7 +500,7 @@ def test_initializer_loads_the_rendered_config_and_injects_the_ca(name, rendered
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout[out.stdout.index("{"):])
-    init = printed["config"]["initContainers"][0] if "config" in printed else printed["initContainers"][0]
+    init = printed["injection"]["initContainers"][0]
     env = {e["name"]: e.get("value") for e in init["env"]}
     assert env["TPROXY_CA_CERT"].strip() == ca["mitmproxy-ca-cert.pem"].decode().strip()
     assert init["image"] == "registry.example.invalid/tproxy/tproxy-sidecar:0.1.0"
@@ -510,7 +523,7 @@ def test_sidecar_writes_the_bundle_the_webhook_describes(rendered, binaries, tmp
     cfg = initializer_config(objs, tmp_path, ca["mitmproxy-ca-cert.pem"])
     printed = json.loads(subprocess.run([binaries["tproxy-initializer"], "--config", cfg, "--print-config"],
                                         capture_output=True, text=True, check=True).stdout)
-    conf = printed.get("config", printed)
+    conf = printed["injection"]
     init = conf["initContainers"][0]
     env = {e["name"]: e.get("value") for e in init["env"] if "value" in e}
     bundle_dir = tmp_path / "bundle"
@@ -581,10 +594,20 @@ def as_proxy_user():
     return ["setpriv", "--reuid=65532", "--regid=65532", "--clear-groups"]
 
 
+@pytest.fixture
+def open_tmp():
+    """A temporary directory uid 65532 can traverse (pytest's tmp_path is
+    under a 0700 directory)."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="tproxy-chart-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d)
+
+
 @pytest.mark.parametrize("name", ["defaults", "user-ca"])
-def test_ca_loads_in_tproxy_from_a_read_only_confdir(name, rendered, binaries, tmp_path, user_ca):
+def test_ca_loads_in_tproxy_from_a_read_only_confdir(name, rendered, binaries, open_tmp, user_ca):
     objs = rendered[name]
-    d, data = confdir_from(objs, tmp_path)
+    d, data = confdir_from(objs, open_tmp)
     if os.geteuid() == 0:
         for p in [d, *d.iterdir()]:
             os.chown(p, 0, 65532)
