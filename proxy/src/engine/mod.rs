@@ -93,12 +93,19 @@ pub async fn serve(
         }
         Preconnected::Failed(e) => pre_error = Some(e),
     }
+    // Shutdown closes connections idle *between* requests only. The first
+    // request of a connection is always awaited (bounded by --idle-timeout and
+    // the --shutdown-timeout drain): a client the kernel handed to this
+    // process just before SIGTERM (a DaemonSet surge rollout) is mid-handshake
+    // or sending it, and closing unanswered would fail that request.
+    let mut first = true;
     loop {
-        if shared.shutting_down() && buf.is_empty() {
+        if !first && shared.shutting_down() && buf.is_empty() {
             break;
         }
         // 1. Request head.
-        let quit = || shared.shutting_down();
+        let awaiting_first = first;
+        let quit = || !awaiting_first && shared.shutting_down();
         let head = match read_head(client, &mut buf, shared.cfg.idle_timeout, &quit, |b| {
             parse_request(b, &limits)
         })
@@ -106,6 +113,7 @@ pub async fn serve(
         {
             Ok(Some((h, n))) => {
                 buf.drain(..n);
+                first = false;
                 h
             }
             Ok(None) => break,
