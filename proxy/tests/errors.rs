@@ -239,12 +239,16 @@ fn sigterm_serves_the_first_request_of_an_accepted_connection() {
     // so a proxy that closes waiting connections has done so by now.
     std::thread::sleep(Duration::from_millis(600));
     let url = format!("{}/small.txt", ng.http_base());
-    write!(
+    let sent = write!(
         conn,
         "GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
         ng.http_port
-    )
-    .unwrap();
+    );
+    assert!(
+        sent.is_ok(),
+        "the proxy closed the connection before its first request: {sent:?}\n{}",
+        p.dump()
+    );
     let mut resp = Vec::new();
     let _ = conn.read_to_end(&mut resp);
     let resp = String::from_utf8_lossy(&resp);
