@@ -6,7 +6,6 @@ import os
 import random
 import shutil
 import string
-import subprocess
 import tempfile
 import time
 
