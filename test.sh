@@ -14,7 +14,11 @@ echo "== tests (io_uring driver where available)"
 cargo test --workspace --locked
 echo "== proxy tests again on the epoll driver (MONOIO_FORCE_LEGACY_DRIVER=1)"
 MONOIO_FORCE_LEGACY_DRIVER=1 cargo test -p tproxy --locked
+echo "== chart tests (charts/tests: helm lint/template, schemas, rendered objects against the binaries)"
+"$TPROXY_TEST_VENV/bin/python" -m pytest charts/tests
 echo "== quick benchmark: checks the bench harness runs (numbers are not checked)"
 cargo run -p tproxy-bench --locked -- --quick --tproxy target/debug/tproxy
+echo "== end to end: the chart's components in network namespaces (e2e/README.md)"
+e2e/run.sh
 echo "== fuzz targets, bounded (FUZZ_SECONDS each)"
 ./scripts/fuzz-ci.sh

@@ -46,9 +46,19 @@ impl Health {
     }
 }
 
-/// Binds the listener (errors name the address).
+/// Binds the listener with SO_REUSEADDR + SO_REUSEPORT: during a DaemonSet
+/// surge rollout the new pod's podwatch (host network) binds the port while
+/// the old one still holds it.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    sock.bind(addr)?;
+    sock.listen(128)
 }
 
 /// Serves forever on `listener`.

@@ -131,7 +131,7 @@ pub fn run(cfg: Config) -> Result<Outcome, StartError> {
     }
     let admin = match cfg.admin {
         Some(addr) => {
-            let l = std::net::TcpListener::bind(addr)
+            let l = crate::net::listener::bind_reuseport_blocking(addr)
                 .map_err(|source| StartError::Admin { addr, source })?;
             let a = l
                 .local_addr()

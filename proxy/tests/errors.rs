@@ -207,6 +207,64 @@ fn sigterm_lets_in_flight_download_finish_then_exits_zero() {
     );
 }
 
+/// A connection accepted before SIGTERM whose first request arrives after it
+/// is served, not closed unanswered: in a DaemonSet surge rollout the old pod
+/// gets SIGTERM while clients that the kernel handed to it are still
+/// handshaking or sending (the e2e rollout check saw "Remote end closed
+/// connection without response"). Only idle keep-alive connections, between
+/// requests, are closed by the shutdown.
+#[test]
+fn sigterm_serves_the_first_request_of_an_accepted_connection() {
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let mut p = ProxyBuilder::new()
+        .args(&["--shutdown-timeout", "10"])
+        .spawn();
+    let proxy_addr = p.addr("regular");
+    let mut conn = TcpStream::connect(proxy_addr).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    assert!(
+        p.wait_for_stdout(r"client connect", T).is_some(),
+        "the connection was not accepted\n{}",
+        p.dump()
+    );
+    p.signal(libc::SIGTERM);
+    let stopped = wait_until(Duration::from_secs(5), || {
+        TcpStream::connect_timeout(&proxy_addr, Duration::from_millis(200))
+            .is_err()
+            .then_some(())
+    });
+    assert!(stopped.is_some(), "proxy still accepts after SIGTERM");
+    // Sequencing, not timing: longer than the engine's 250 ms shutdown poll,
+    // so a proxy that closes waiting connections has done so by now.
+    std::thread::sleep(Duration::from_millis(600));
+    let url = format!("{}/small.txt", ng.http_base());
+    let sent = write!(
+        conn,
+        "GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        ng.http_port
+    );
+    assert!(
+        sent.is_ok(),
+        "the proxy closed the connection before its first request: {sent:?}\n{}",
+        p.dump()
+    );
+    let mut resp = Vec::new();
+    let _ = conn.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with(SMALL_BODY),
+        "first request after SIGTERM not served: {resp:?}\n{}",
+        p.dump()
+    );
+    let exit = p.wait_exit(Duration::from_secs(15));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "proxy exit {exit:?}\n{}",
+        p.dump()
+    );
+}
+
 #[test]
 fn upstream_connect_timeout_gives_504() {
     if !require_root("upstream_connect_timeout_gives_504") {

@@ -1,5 +1,7 @@
 //! Command line and environment (clap). Flags override environment variables.
 
+use std::path::PathBuf;
+
 use clap::{Parser, ValueEnum};
 
 /// Which netfilter front end applies the rules.
@@ -61,4 +63,28 @@ pub struct Args {
     /// Print the rules that would be applied (for the chosen backend) to stdout and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// The tproxy CA certificate (PEM). With --ca-bundle-dir: after the lock, write the system
+    /// roots + this CA to DIR/ca-certificates.crt and the CA alone to DIR/tproxy-ca.crt, for the
+    /// pod's other containers to mount (set by the tproxy webhook).
+    #[arg(
+        long,
+        env = "TPROXY_CA_CERT",
+        value_name = "PEM",
+        hide_env_values = true
+    )]
+    pub ca_cert: Option<String>,
+
+    /// Directory (a volume shared with the app containers) to write the CA bundle into.
+    #[arg(long, env = "TPROXY_CA_BUNDLE_DIR", value_name = "DIR")]
+    pub ca_bundle_dir: Option<PathBuf>,
+
+    /// The system roots the bundle starts with (this image's Debian ca-certificates).
+    #[arg(
+        long,
+        env = "TPROXY_SYSTEM_ROOTS",
+        value_name = "FILE",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub system_roots: PathBuf,
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use tproxy_sidecar::apply;
+use tproxy_sidecar::bundle::BundleSpec;
 use tproxy_sidecar::cli::Args;
 
 fn main() -> ExitCode {
@@ -18,8 +19,29 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Validated before anything is applied: a bad CA setting changes nothing.
+    let bundle = match BundleSpec::from_args(&args) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("tproxy-sidecar: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match apply::run(&args) {
         Ok(outcome) => {
+            if let Some(bundle) = bundle {
+                if args.dry_run {
+                    tracing::info!(dir = %bundle.dir.display(), "dry run: CA bundle not written");
+                } else {
+                    match bundle.write() {
+                        Ok(path) => tracing::info!(path = %path.display(), "CA bundle written"),
+                        Err(e) => {
+                            eprintln!("tproxy-sidecar: error: egress locked, but {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+            }
             if args.dry_run {
                 let mut out = std::io::stdout().lock();
                 if out.write_all(outcome.dry_run_text.as_bytes()).is_err() {

@@ -12,10 +12,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, KeyToPath,
-    ObjectFieldSelector, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath, ObjectFieldSelector, ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -39,6 +41,12 @@ pub const DEBIAN_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const RHEL_BUNDLE: &str = "/etc/pki/tls/certs/ca-bundle.crt";
 /// Directory of locally added CA certificates (`update-ca-certificates`).
 pub const LOCAL_CA_DIR: &str = "/usr/local/share/ca-certificates";
+/// Where the injected init container writes the CA bundle (emptyDir mode,
+/// `caBundle.caCertFile`): `ca-certificates.crt` (its image's system roots +
+/// the tproxy CA) and `tproxy-ca.crt` (the tproxy CA alone).
+pub const BUNDLE_DIR: &str = "/var/run/tproxy-ca-bundle";
+/// Name of the emptyDir volume holding the written bundle.
+pub const BUNDLE_VOLUME: &str = "tproxy-ca-bundle";
 
 /// How pods reach the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -107,6 +115,11 @@ pub struct RawCaBundle {
     /// Set `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`,
     /// `CURL_CA_BUNDLE`; default true.
     pub env: Option<bool>,
+    /// The tproxy CA certificate (PEM file, read at start). When set, no
+    /// ConfigMap is used: the generated init container gets the PEM in
+    /// `TPROXY_CA_CERT` and writes the bundle into a pod-local emptyDir
+    /// (see [`BUNDLE_DIR`]); `configMap` is then ignored.
+    pub ca_cert_file: Option<PathBuf>,
 }
 
 /// `standardProxy:` section (used when `proxyMode: standard`).
@@ -281,7 +294,8 @@ impl TryFrom<RawConfig> for Config {
         let service_cidr = raw
             .service_cidr
             .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.to_owned());
-        for cidr in service_cidr.split(',') {
+        // Empty: nothing blocked (BLOCK_SVC_CIDR="" and no CIDR in NO_PROXY).
+        for cidr in service_cidr.split(',').filter(|c| !c.trim().is_empty()) {
             check_cidr(cidr.trim()).map_err(|r| invalid("serviceCidr", r))?;
         }
         let sidecar = raw.sidecar.unwrap_or_default();
@@ -298,6 +312,11 @@ impl TryFrom<RawConfig> for Config {
         check_key(&bundle_key).map_err(|r| invalid("caBundle.bundleKey", r))?;
         let ca_key = ca.ca_key.unwrap_or_else(|| "tproxy-ca.crt".to_owned());
         check_key(&ca_key).map_err(|r| invalid("caBundle.caKey", r))?;
+        // emptyDir mode: the CA certificate travels in the init container's env.
+        let ca_cert_pem = match &ca.ca_cert_file {
+            Some(path) => Some(read_ca_cert(path)?),
+            None => None,
+        };
 
         let init_containers = match raw.init_containers {
             Some(list) => list,
@@ -329,11 +348,25 @@ impl TryFrom<RawConfig> for Config {
                             .unwrap_or_else(|| DEFAULT_SIDECAR_IMAGE.to_owned()),
                     ),
                     image_pull_policy: Some(pull),
-                    env: Some(vec![
-                        env_value("BLOCK_SVC_CIDR", &service_cidr),
-                        env_value("ALLOW_DNS", &allow_dns),
-                        env_node_name(),
-                    ]),
+                    env: Some({
+                        let mut env = vec![
+                            env_value("BLOCK_SVC_CIDR", &service_cidr),
+                            env_value("ALLOW_DNS", &allow_dns),
+                            env_node_name(),
+                        ];
+                        if let Some(pem) = &ca_cert_pem {
+                            env.push(env_value("TPROXY_CA_CERT", pem));
+                            env.push(env_value("TPROXY_CA_BUNDLE_DIR", BUNDLE_DIR));
+                        }
+                        env
+                    }),
+                    volume_mounts: ca_cert_pem.as_ref().map(|_| {
+                        vec![VolumeMount {
+                            name: BUNDLE_VOLUME.to_owned(),
+                            mount_path: BUNDLE_DIR.to_owned(),
+                            ..Default::default()
+                        }]
+                    }),
                     resources: Some(sidecar.resources.unwrap_or_else(default_resources)),
                     security_context: Some(SecurityContext {
                         run_as_user: Some(0),
@@ -349,7 +382,18 @@ impl TryFrom<RawConfig> for Config {
             }
         };
 
+        let emptydir_mode = ca_cert_pem.is_some();
         let volumes = raw.volumes.unwrap_or_else(|| {
+            if emptydir_mode {
+                return vec![Volume {
+                    name: BUNDLE_VOLUME.to_owned(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity("4Mi".to_owned())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }];
+            }
             let cm = |key: &str| ConfigMapVolumeSource {
                 name: ca_config_map.clone(),
                 items: Some(vec![KeyToPath {
@@ -374,6 +418,21 @@ impl TryFrom<RawConfig> for Config {
         });
 
         let volume_mounts = raw.volume_mounts.unwrap_or_else(|| {
+            if emptydir_mode {
+                // Single files (subPath) so the rest of each directory stays.
+                let file = |path: String, sub: &str| VolumeMount {
+                    name: BUNDLE_VOLUME.to_owned(),
+                    mount_path: path,
+                    sub_path: Some(sub.to_owned()),
+                    read_only: Some(true),
+                    ..Default::default()
+                };
+                return vec![
+                    file(DEBIAN_BUNDLE.to_owned(), "ca-certificates.crt"),
+                    file(RHEL_BUNDLE.to_owned(), "ca-certificates.crt"),
+                    file(format!("{LOCAL_CA_DIR}/{ca_key}"), "tproxy-ca.crt"),
+                ];
+            }
             let file = |path: &str| VolumeMount {
                 name: "tproxy-ca-bundle".to_owned(),
                 mount_path: path.to_owned(),
@@ -419,7 +478,11 @@ impl TryFrom<RawConfig> for Config {
                         ));
                     }
                     let no_proxy = std_proxy.no_proxy.unwrap_or_else(|| {
-                        format!("localhost,127.0.0.1,::1,.svc,.cluster.local,{service_cidr}")
+                        let base = "localhost,127.0.0.1,::1,.svc,.cluster.local";
+                        match service_cidr.trim() {
+                            "" => base.to_owned(),
+                            cidr => format!("{base},{cidr}"),
+                        }
                     });
                     env.push(env_node_name());
                     for name in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
@@ -452,6 +515,45 @@ impl TryFrom<RawConfig> for Config {
             env: to_values(&env)?,
         })
     }
+}
+
+/// Reads the tproxy CA certificate for emptyDir mode: one or more PEM
+/// certificates, nothing else (a private key here would be handed to every
+/// injected pod).
+fn read_ca_cert(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let field = "caBundle.caCertFile";
+    if text.contains("PRIVATE KEY-----") {
+        return Err(invalid(
+            field,
+            format!(
+                "{} holds a private key: point it at the certificate alone (mitmproxy-ca-cert.pem)",
+                path.display()
+            ),
+        ));
+    }
+    let mut certs = 0;
+    for item in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        item.map_err(|e| {
+            invalid(
+                field,
+                format!("{}: not a PEM certificate: {e}", path.display()),
+            )
+        })?;
+        certs += 1;
+    }
+    if certs == 0 {
+        return Err(invalid(
+            field,
+            format!("{}: no PEM CERTIFICATE found", path.display()),
+        ));
+    }
+    let mut pem = text.trim().to_owned();
+    pem.push('\n');
+    Ok(pem)
 }
 
 fn to_values<T: Serialize>(items: &[T]) -> Result<Vec<Value>, ConfigError> {
@@ -545,6 +647,115 @@ mod tests {
             let err = parse(yaml).unwrap_err().to_string();
             assert!(err.contains(field), "{yaml:?}: {err}");
         }
+    }
+
+    const CA: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ==\n-----END CERTIFICATE-----\n";
+
+    fn with_ca_file(extra: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, CA).unwrap();
+        parse(&format!(
+            "caBundle: {{caCertFile: {}}}\n{extra}",
+            path.display()
+        ))
+    }
+
+    #[test]
+    fn ca_cert_file_bundles_in_an_emptydir_instead_of_a_configmap() {
+        let c = with_ca_file("").unwrap();
+        // The init container gets the CA and the directory, and mounts it.
+        let sc = &c.init_containers[0];
+        let env = sc["env"].as_array().unwrap();
+        let get = |n: &str| env.iter().find(|e| e["name"] == n).unwrap()["value"].clone();
+        assert_eq!(get("TPROXY_CA_CERT"), CA);
+        assert_eq!(get("TPROXY_CA_BUNDLE_DIR"), BUNDLE_DIR);
+        assert_eq!(sc["volumeMounts"][0]["name"], BUNDLE_VOLUME);
+        assert_eq!(sc["volumeMounts"][0]["mountPath"], BUNDLE_DIR);
+        // One emptyDir volume, no ConfigMap anywhere.
+        assert_eq!(c.volumes.len(), 1);
+        assert!(c.volumes[0]["emptyDir"].is_object());
+        assert!(
+            !serde_json::to_string(&c.volumes)
+                .unwrap()
+                .contains("configMap")
+        );
+        // App containers: single files, read-only, the directories' other files stay.
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .map(|m| {
+                (
+                    m["mountPath"].as_str().unwrap(),
+                    m["subPath"].as_str().unwrap(),
+                    m["readOnly"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                (DEBIAN_BUNDLE, "ca-certificates.crt", true),
+                (RHEL_BUNDLE, "ca-certificates.crt", true),
+                (
+                    "/usr/local/share/ca-certificates/tproxy-ca.crt",
+                    "tproxy-ca.crt",
+                    true
+                ),
+            ]
+        );
+        let node_extra = c
+            .env
+            .iter()
+            .find(|e| e["name"] == "NODE_EXTRA_CA_CERTS")
+            .unwrap();
+        assert_eq!(
+            node_extra["value"],
+            "/usr/local/share/ca-certificates/tproxy-ca.crt"
+        );
+        // The CA is part of what is injected: another CA, another marker.
+        assert_ne!(c.marker(), Config::default().marker());
+    }
+
+    #[test]
+    fn ca_cert_file_must_be_a_certificate_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("missing.pem", None, "cannot read"),
+            (
+                "key.pem",
+                Some(format!(
+                    "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----\n{CA}"
+                )),
+                "private key",
+            ),
+            ("empty.pem", Some(String::new()), "no PEM CERTIFICATE"),
+        ];
+        for (name, content, needle) in cases {
+            let path = dir.path().join(name);
+            if let Some(content) = content {
+                std::fs::write(&path, content).unwrap();
+            }
+            let err = parse(&format!("caBundle: {{caCertFile: {}}}\n", path.display()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_service_cidr_blocks_nothing() {
+        let c = parse("serviceCidr: ''\nsidecar: {allowDns: ''}\nproxyMode: standard\n").unwrap();
+        let env = c.init_containers[0]["env"].as_array().unwrap();
+        assert_eq!(env[0]["name"], "BLOCK_SVC_CIDR");
+        assert_eq!(env[0]["value"], "");
+        assert_eq!(env[1]["value"], "");
+        let no_proxy = c.env.iter().find(|e| e["name"] == "NO_PROXY").unwrap();
+        assert_eq!(
+            no_proxy["value"],
+            "localhost,127.0.0.1,::1,.svc,.cluster.local"
+        );
     }
 
     #[test]

@@ -98,12 +98,21 @@ pub async fn serve(
         }
         Preconnected::Failed(e) => pre_error = Some(e),
     }
+    // Shutdown closes connections idle *between* requests only. The first
+    // request of a connection is always awaited (bounded by --idle-timeout and
+    // the --shutdown-timeout drain): a client the kernel handed to this
+    // process just before SIGTERM (a DaemonSet surge rollout) is mid-handshake
+    // or sending it, and closing unanswered would fail that request.
+    let mut first = true;
     loop {
-        if shared.shutting_down() && buf.is_empty() {
+        if !first && shared.shutting_down() && buf.is_empty() {
             break;
         }
         // 1. Request head.
-        let quit = || shared.shutting_down();
+        // A connection accepted before a shutdown still gets its first
+        // request answered; only connections idle between requests close.
+        let awaiting_first = first;
+        let quit = || !awaiting_first && shared.shutting_down();
         let waits = HeadWaits {
             idle: shared.cfg.idle_timeout,
             head: shared.cfg.request_head_timeout,
@@ -115,6 +124,7 @@ pub async fn serve(
         {
             Ok(Some((h, n))) => {
                 buf.drain(..n);
+                first = false;
                 h
             }
             Ok(None) => break,

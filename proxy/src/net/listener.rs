@@ -22,6 +22,20 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// Bind a blocking SO_REUSEADDR + SO_REUSEPORT listener for the admin
+/// thread. SO_REUSEPORT lets a new tproxy (a DaemonSet surge pod on host
+/// network) bind the admin port while the old one still serves it, as the
+/// data listeners do; the kernel only shares the port between sockets of the
+/// same user.
+pub fn bind_reuseport_blocking(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    Ok(sock.into())
+}
+
 /// Bind `addr` once per worker. When the port is 0, the first bind picks the
 /// port and the others reuse it. Returns the sockets and the bound address.
 pub fn bind_all(

@@ -363,7 +363,7 @@ impl CertificateAuthority {
 }
 
 /// Instructions printed after creating a CA: how to trust it (Debian/Ubuntu,
-/// Fedora/RHEL, macOS, curl/Python/Node env vars, Kubernetes ConfigMap).
+/// Fedora/RHEL, macOS, curl/Python/Node env vars, the Helm chart's CA Secret).
 pub fn trust_instructions(confdir: &Path) -> String {
     let cert = confdir.join(CA_CERT_PEM_FILE);
     let cert = cert.display();
@@ -383,8 +383,13 @@ pub fn trust_instructions(confdir: &Path) -> String {
                   SSL_CERT_FILE={cert}        (OpenSSL-based tools, Go on Linux)
                   REQUESTS_CA_BUNDLE={cert}   (Python requests)
                   NODE_EXTRA_CA_CERTS={cert}  (Node.js)
-  Kubernetes:     kubectl create configmap tproxy-ca --from-file=ca.crt={cert}
-                  (the tproxy webhook mounts it into annotated pods)
+  Kubernetes:     the tproxy Helm chart (charts/tproxy) keeps its CA in a Secret with the keys
+                  mitmproxy-ca.pem and mitmproxy-ca-cert.pem; to use this CA there:
+                  kubectl -n tproxy create secret generic tproxy-ca \\
+                       --from-file={key} --from-file={cert}
+                  helm install tproxy charts/tproxy -n tproxy --set ca.existingSecret=tproxy-ca
+                  (or --set-file ca.pem={key}); the webhook adds the certificate to the
+                  trust store of every opted-in pod, in any namespace
 
 The private key ({key}) must stay secret: whoever holds it can impersonate any site
 to clients that trust this CA.
@@ -565,6 +570,10 @@ mod tests {
             "REQUESTS_CA_BUNDLE=",
             "NODE_EXTRA_CA_CERTS=",
             "/ca.pem",
+            "create secret generic tproxy-ca",
+            "--from-file=/etc/tproxy/mitmproxy-ca.pem --from-file=/etc/tproxy/mitmproxy-ca-cert.pem",
+            "--set ca.existingSecret=tproxy-ca",
+            "--set-file ca.pem=/etc/tproxy/mitmproxy-ca.pem",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }
