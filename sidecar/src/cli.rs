@@ -71,7 +71,8 @@ pub struct Args {
         long,
         env = "TPROXY_CA_CERT",
         value_name = "PEM",
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub ca_cert: Option<String>,
 

@@ -650,7 +650,7 @@ mod tests {
     }
 
     const CA: &str =
-        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ==\n-----END CERTIFICATE-----\n";
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
 
     fn with_ca_file(extra: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
