@@ -9,6 +9,7 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::access::RefusalReason;
 use crate::config::Mode;
 use crate::detect::{self, ClientHello, Sniff};
 use crate::engine::verdict::{self, ConnVerdict};
@@ -36,6 +37,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketAddr) {
     let shared = &worker.shared;
     let peer = origdst::normalize(peer);
+    if mode == Mode::Regular && !worker.client_allowed(peer.ip()) {
+        refuse_client(worker, mode, peer);
+        return; // Dropping `stream` closes it: nothing of it was read.
+    }
     let _ = stream.set_nodelay(true);
     let active = shared.metrics.active(mode);
     active.inc();
@@ -53,6 +58,25 @@ pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketA
     }
     event(worker, &ctx, ConnEventKind::ClientDisconnect);
     active.dec();
+}
+
+/// Count and (rate-limited) log a client that `--allow-client` does not
+/// allow. The connection is closed without reading from it: no parser sees a
+/// byte from an unknown host, and a port scan learns nothing about tproxy.
+fn refuse_client(worker: &Worker, mode: Mode, peer: SocketAddr) {
+    let shared = &worker.shared;
+    shared.metrics.conn(mode, ConnKind::Refused);
+    shared.metrics.refused(mode, RefusalReason::NotAllowed);
+    if let Some(suppressed) = shared.refusal_log.admit() {
+        tracing::warn!(
+            %mode,
+            client = %peer,
+            allowed = %shared.cfg.allow_clients,
+            suppressed,
+            "refused a client that --allow-client does not allow (closed before reading); \
+             to serve it, add its network with --allow-client CIDR"
+        );
+    }
 }
 
 fn event(worker: &Worker, ctx: &ConnCtx, kind: ConnEventKind) {
@@ -231,6 +255,9 @@ async fn serve_transparent(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
         Ok(d) => d,
         Err(e) => {
             shared.metrics.conn(ctx.mode, ConnKind::Refused);
+            shared
+                .metrics
+                .refused(ctx.mode, RefusalReason::NotRedirected);
             log_conn_error(
                 worker,
                 &ctx,
@@ -243,6 +270,9 @@ async fn serve_transparent(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
     // another of our listeners, would be proxied to ourselves forever.
     if dst == origdst::normalize(local) || shared.is_own_listener(dst) {
         shared.metrics.conn(ctx.mode, ConnKind::Refused);
+        shared
+            .metrics
+            .refused(ctx.mode, RefusalReason::NotRedirected);
         log_conn_error(
             worker,
             &ctx,

@@ -39,6 +39,8 @@ pub struct Shared {
     pub tracer: Option<crate::observe::trace::Tracer>,
     /// Upstream client configs per mirrored ALPN offer (HTTP/2 interception).
     pub upstream_alpn: crate::tls::upstream::UpstreamAlpn,
+    /// Rate limit of the "refused a client" warning.
+    pub refusal_log: crate::access::RefusalLog,
 }
 
 impl Shared {
@@ -95,6 +97,16 @@ impl Worker {
     /// An owned handle to this worker (it lives as long as its thread).
     pub fn rc(&self) -> Option<Rc<Worker>> {
         self.me.upgrade()
+    }
+
+    /// Whether `--allow-client` lets `ip` use a regular listener (the pod
+    /// directory is this worker's current snapshot: pods podwatch adds are
+    /// served as soon as the file reloads).
+    pub fn client_allowed(&self, ip: std::net::IpAddr) -> bool {
+        self.shared
+            .cfg
+            .allow_clients
+            .allows(ip, |ip| self.source_pod(ip).is_some())
     }
 
     /// The pod a client IP belongs to, from the pod directory.

@@ -63,6 +63,10 @@ pub enum Preconnected {
     Failed(UpstreamError),
 }
 
+/// How long, once shutting down, a connection that has not sent its first
+/// request yet is still waited for.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 /// Serve HTTP/1 requests on `client` until it closes.
 pub async fn serve(
     worker: &Worker,
@@ -93,12 +97,18 @@ pub async fn serve(
         }
         Preconnected::Failed(e) => pre_error = Some(e),
     }
+    // On shutdown an idle keep-alive connection is closed between requests,
+    // but the first request of a connection accepted before the signal is
+    // still awaited (for FIRST_REQUEST_GRACE): closing it unanswered would
+    // fail a client that did nothing wrong (issue #16).
+    let opened = Instant::now();
+    let mut first = true;
     loop {
-        if shared.shutting_down() && buf.is_empty() {
+        let quit = || shared.shutting_down() && (!first || opened.elapsed() >= FIRST_REQUEST_GRACE);
+        if buf.is_empty() && quit() {
             break;
         }
         // 1. Request head.
-        let quit = || shared.shutting_down();
         let head = match read_head(client, &mut buf, shared.cfg.idle_timeout, &quit, |b| {
             parse_request(b, &limits)
         })
@@ -122,8 +132,36 @@ pub async fn serve(
             }
             Err(HeadError::Io(_)) => break,
         };
+        first = false;
         let started = SystemTime::now();
         let t0 = Instant::now();
+
+        // --proxyauth: every explicit-proxy request (CONNECT included) carries
+        // the credentials; the requests inside an authorised tunnel do not.
+        if matches!(scope, Scope::Proxy)
+            && let Some(auth) = &shared.cfg.proxy_auth
+        {
+            let check = auth.check(head.headers.get("proxy-authorization"));
+            if check != crate::access::AuthCheck::Ok {
+                shared
+                    .metrics
+                    .refused(ctx.mode, crate::access::RefusalReason::ProxyAuth);
+                let _ = client
+                    .write_all(&crate::access::auth::challenge_response(check))
+                    .await;
+                let _ = client.flush().await;
+                let what = match check {
+                    crate::access::AuthCheck::Missing => "without Proxy-Authorization",
+                    _ => "with wrong proxy credentials",
+                };
+                log_conn_error(
+                    worker,
+                    ctx,
+                    format!("407 for {} {} {what}", head.method, head.target),
+                );
+                break;
+            }
+        }
 
         if head.method.eq_ignore_ascii_case("CONNECT") {
             if matches!(scope, Scope::Proxy) {
