@@ -133,7 +133,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         pods,
         tracer,
         upstream_alpn,
-        refusal_log: crate::access::RefusalLog::default(),
+        refusal_logs: Default::default(),
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();

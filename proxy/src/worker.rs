@@ -39,8 +39,8 @@ pub struct Shared {
     pub tracer: Option<crate::observe::trace::Tracer>,
     /// Upstream client configs per mirrored ALPN offer (HTTP/2 interception).
     pub upstream_alpn: crate::tls::upstream::UpstreamAlpn,
-    /// Rate limit of the "refused a client" warning.
-    pub refusal_log: crate::access::RefusalLog,
+    /// Rate limits of the "refused a client" warnings, per [`crate::access::RefusalReason`].
+    pub refusal_logs: [crate::access::RefusalLog; 3],
 }
 
 impl Shared {

@@ -117,7 +117,6 @@ fn only_pods_use_the_node_proxy_and_new_pods_are_served_without_restart() {
     let c = Some(topo.client.as_str());
     let node = Some(topo.node.as_str());
     let proxy = format!("http://{NODE_CLIENT_IP}:{REGULAR_PORT}");
-    let https_resolve = format!("upstream.test:443:{UPSTREAM_IP}");
 
     // The pod is served: explicit HTTP, explicit CONNECT+TLS, transparent.
     let r = curl_in(
@@ -136,10 +135,13 @@ fn only_pods_use_the_node_proxy_and_new_pods_are_served_without_restart() {
     );
     let r = curl_in(
         c,
-        &["-x", &proxy, "--cacert", ca, "--resolve", &https_resolve]
-            .into_iter()
-            .chain(["https://upstream.test/small.txt?pod-connect"])
-            .collect::<Vec<_>>(),
+        &[
+            "-x",
+            &proxy,
+            "--cacert",
+            ca,
+            &format!("https://{UPSTREAM_IP}/small.txt?pod-connect"),
+        ],
     );
     assert_eq!(
         (r.status, r.text().as_str()),
@@ -177,9 +179,7 @@ fn only_pods_use_the_node_proxy_and_new_pods_are_served_without_restart() {
             &proxy,
             "--cacert",
             ca,
-            "--resolve",
-            &https_resolve,
-            "https://upstream.test/small.txt?other-connect",
+            &format!("https://{UPSTREAM_IP}/small.txt?other-connect"),
         ]),
         other(&[&format!(
             "http://{NODE_CLIENT_IP}:{REGULAR_PORT}/small.txt?other-origin-form"

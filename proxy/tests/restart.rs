@@ -42,7 +42,6 @@ struct LoadResult {
     ok: u64,
     failed: u64,
     errors: Vec<String>,
-    first_ok_at: Option<f64>,
     seconds: f64,
 }
 
