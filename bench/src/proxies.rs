@@ -126,6 +126,9 @@ pub fn start<'t>(
                 confdir.display().to_string(),
                 "--upstream-ca".into(),
                 upstream_ca.display().to_string(),
+                // The load client is in the client namespace, not loopback.
+                "--allow-client".into(),
+                "198.18.0.0/15".into(),
             ];
             (progs.tproxy.clone(), args)
         }

@@ -75,6 +75,11 @@ pub struct Args {
     /// Log format (filter with RUST_LOG, default info).
     #[arg(long, env = "PODWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Set net.ipv4.tcp_migrate_req=1 in the node's network namespace at start (Linux >= 5.14), so
+    /// that a proxy restart hands the old process's queued connections to the new one instead of
+    /// resetting them (docs/restarts.md). Needs a privileged container; failure is only logged.
+    #[arg(long, env = "PODWATCH_TCP_MIGRATE_REQ", default_value_t = true, action = ArgAction::Set)]
+    pub tcp_migrate_req: bool,
     /// Remove every rule podwatch owns (table/chain and jump), then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -222,6 +227,9 @@ pub async fn run(args: Args) -> Result<(), MainError> {
             .map_err(RunError::from)??;
         tracing::info!("owned rules removed");
         return Ok(());
+    }
+    if args.tcp_migrate_req {
+        crate::sysctl::enable_and_log();
     }
     let metrics = Metrics::new()?;
     let mut reconciler = Reconciler::new(

@@ -20,4 +20,5 @@ pub mod pod;
 pub mod reconcile;
 pub mod render;
 pub mod store;
+pub mod sysctl;
 pub mod watch;

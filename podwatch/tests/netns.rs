@@ -512,3 +512,100 @@ fn netns_redirect_iptables_legacy() {
     }
     scenario("iptables-legacy");
 }
+
+/// Rules text without what changes by itself (packet counters, save-time comments).
+fn normalized(rules: &str) -> String {
+    rules
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.rfind(" [") {
+            Some(i) if l.starts_with(':') => l[..i].to_owned(),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A podwatch restart (the process exits, a new one reconciles the same pods)
+/// leaves the rules in force the whole time and converges to the same text:
+/// a pod's connections are redirected before, during and after, and the
+/// ruleset is identical before and after. It also set tcp_migrate_req.
+fn restart_scenario(backend: &str) {
+    let t = topology();
+    let l = listeners(&t);
+    let work = tempfile::tempdir().unwrap();
+    let work = PathBuf::from(work.path());
+    let web = pod_json("web", WEB_UID, WEB_IPS, true);
+    let worker = pod_json("worker", WORKER_UID, WORKER_IPS, false);
+    let pods = [web, worker];
+    t.node
+        .exec(&["sysctl", "-qw", "net.ipv4.tcp_migrate_req=0"]);
+    podwatch_once(&t, &work, backend, &pods, &[]);
+    let before = normalized(&owned_rules(&t, backend));
+    assert!(
+        before.contains(&format!("tproxy:shop/web/{WEB_UID}")),
+        "{before}"
+    );
+    let redirected = Landed::Proxy(up(80, false));
+    // The first podwatch has exited: its rules stay.
+    assert_eq!(connect(&t, &l, WEB_IPS[0], up(80, false)), redirected);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let landed = std::thread::scope(|s| {
+        let probe = s.spawn(|| {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && seen.len() < 5000 {
+                seen.push(connect(&t, &l, WEB_IPS[0], up(80, false)));
+            }
+            seen
+        });
+        // Two restarts while the probe connects.
+        podwatch_once(&t, &work, backend, &pods, &[]);
+        podwatch_once(&t, &work, backend, &pods, &[]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        probe.join().unwrap()
+    });
+    assert!(!landed.is_empty());
+    let leaked = landed.iter().filter(|x| **x != redirected).count();
+    assert_eq!(
+        leaked,
+        0,
+        "{backend}: {leaked} of {} probe connections were not redirected",
+        landed.len()
+    );
+    let after = normalized(&owned_rules(&t, backend));
+    assert_eq!(
+        before, after,
+        "{backend}: the rules changed across a restart"
+    );
+    assert_eq!(
+        t.node
+            .exec(&["sysctl", "-n", "net.ipv4.tcp_migrate_req"])
+            .trim(),
+        "1",
+        "podwatch sets tcp_migrate_req by default"
+    );
+}
+
+#[test]
+fn restart_keeps_rules_nft() {
+    if skip_unless_root("restart_keeps_rules_nft") {
+        return;
+    }
+    restart_scenario("nft");
+}
+
+#[test]
+fn restart_keeps_rules_iptables_nft() {
+    if skip_unless_root("restart_keeps_rules_iptables_nft") {
+        return;
+    }
+    restart_scenario("iptables-nft");
+}
+
+#[test]
+fn restart_keeps_rules_iptables_legacy() {
+    if skip_unless_root("restart_keeps_rules_iptables_legacy") {
+        return;
+    }
+    restart_scenario("iptables-legacy");
+}

@@ -154,6 +154,27 @@ pub struct RunArgs {
     #[arg(long)]
     pub show_secrets: bool,
 
+    /// Who may use the regular (explicit-proxy) listeners, repeatable: a CIDR (10.244.0.0/16, the pod
+    /// CIDR), an address, `loopback` (127.0.0.0/8, ::1), `pods` (the IPs in --pod-directory, reloaded
+    /// live) or `any` (every source: an open proxy, on purpose; 0.0.0.0/0 opens IPv4 only). Default:
+    /// loopback, plus pods when --pod-directory is set. Values given replace the default (add
+    /// `loopback` to keep it). Other clients are closed before a byte is read and counted in
+    /// tproxy_client_refusals_total. Transparent listeners serve only redirected connections
+    /// (docs/access.md).
+    #[arg(long = "allow-client", value_name = "CIDR|loopback|pods|any")]
+    pub allow_client: Vec<crate::access::AllowEntry>,
+
+    /// Require HTTP Basic proxy authentication (Proxy-Authorization) on regular listeners, like
+    /// mitmproxy's --proxyauth: requests without these credentials get 407 and go nowhere. Prefer
+    /// the environment variable: a command line is visible to every user of the host.
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        env = "TPROXY_PROXYAUTH",
+        hide_env_values = true
+    )]
+    pub proxyauth: Option<crate::access::ProxyAuth>,
+
     /// Admin HTTP listener (/metrics, /healthz, /readyz, /ca.pem), or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9090")]
     pub admin: AdminAddr,
@@ -392,6 +413,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub show_secrets: bool,
     pub admin: Option<SocketAddr>,
+    /// `--allow-client`, resolved against the default.
+    pub allow_clients: crate::access::AllowList,
+    /// `--proxyauth`.
+    pub proxy_auth: Option<crate::access::ProxyAuth>,
     pub relay_mode: RelayMode,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -502,6 +527,12 @@ impl TryFrom<&RunArgs> for Config {
             log_format: a.log_format,
             show_secrets: a.show_secrets,
             admin: a.admin.0,
+            allow_clients: crate::access::AllowList::from_flags(
+                &a.allow_client,
+                a.pod_directory.is_some(),
+            )
+            .map_err(|e| ConfigError::Other(e.to_string()))?,
+            proxy_auth: a.proxyauth.clone(),
             relay_mode: a.passthrough,
             connect_timeout: secs("--connect-timeout", a.connect_timeout)?,
             idle_timeout: secs("--idle-timeout", a.idle_timeout)?,
@@ -610,6 +641,45 @@ mod tests {
         assert!(!cfg(&["tproxy", "--http2=false"]).http2);
         assert!(cfg(&["tproxy", "--http2"]).http2);
         assert_eq!(cfg(&["tproxy"]).h2_max_concurrent_streams, 250);
+    }
+
+    #[test]
+    fn allow_client_default_and_values() {
+        let cfg = |args: &[&str]| Config::try_from(&Cli::try_parse_from(args).unwrap().run);
+        assert_eq!(
+            cfg(&["tproxy"]).unwrap().allow_clients.to_string(),
+            "loopback"
+        );
+        assert_eq!(
+            cfg(&["tproxy", "--pod-directory", "/x/pods.json"])
+                .unwrap()
+                .allow_clients
+                .to_string(),
+            "loopback, pods"
+        );
+        let c = cfg(&[
+            "tproxy",
+            "--allow-client",
+            "10.244.0.0/16",
+            "--allow-client",
+            "loopback",
+        ]);
+        assert_eq!(
+            c.unwrap().allow_clients.to_string(),
+            "10.244.0.0/16, loopback"
+        );
+        let e = cfg(&["tproxy", "--allow-client", "pods"]).unwrap_err();
+        assert!(e.to_string().contains("--pod-directory"), "{e}");
+        let e = Cli::try_parse_from(["tproxy", "--allow-client", "10.0.0.0/99"]).unwrap_err();
+        assert!(e.to_string().contains("CIDR"), "{e}");
+        let e = Cli::try_parse_from(["tproxy", "--proxyauth", "nopass"]).unwrap_err();
+        assert!(e.to_string().contains("USER:PASS"), "{e}");
+        assert!(
+            cfg(&["tproxy", "--proxyauth", "u:p"])
+                .unwrap()
+                .proxy_auth
+                .is_some()
+        );
     }
 
     #[test]

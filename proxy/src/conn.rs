@@ -9,6 +9,7 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::access::RefusalReason;
 use crate::config::Mode;
 use crate::detect::{self, ClientHello, Sniff};
 use crate::engine::verdict::{self, ConnVerdict};
@@ -36,6 +37,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketAddr) {
     let shared = &worker.shared;
     let peer = origdst::normalize(peer);
+    // Who may use this listener, decided before a byte is read; a refused
+    // connection is closed by dropping `stream` (docs/access.md).
+    let redirected_to = match mode {
+        Mode::Regular if !worker.client_allowed(peer.ip()) => {
+            refused(worker, mode, peer, RefusalReason::NotAllowed, None);
+            return;
+        }
+        Mode::Regular => None,
+        Mode::Transparent => match redirected_destination(worker, &stream, peer) {
+            Some(dst) => Some(dst),
+            None => return,
+        },
+    };
     let _ = stream.set_nodelay(true);
     let active = shared.metrics.active(mode);
     active.inc();
@@ -47,12 +61,75 @@ pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketA
         source: worker.source_pod(peer.ip()),
     };
     event(worker, &ctx, ConnEventKind::ClientConnect);
-    match mode {
-        Mode::Regular => serve_regular(worker, ctx.clone(), stream).await,
-        Mode::Transparent => serve_transparent(worker, ctx.clone(), stream).await,
+    match redirected_to {
+        None => serve_regular(worker, ctx.clone(), stream).await,
+        Some(dst) => serve_transparent(worker, ctx.clone(), stream, dst).await,
     }
     event(worker, &ctx, ConnEventKind::ClientDisconnect);
     active.dec();
+}
+
+/// Count and log (rate-limited, per reason) a client turned away before a
+/// byte of it was read: no parser sees anything from it, and a port scan
+/// learns nothing about tproxy. Not in the flow log: nothing was served.
+fn refused(
+    worker: &Worker,
+    mode: Mode,
+    peer: SocketAddr,
+    reason: RefusalReason,
+    detail: Option<String>,
+) {
+    let shared = &worker.shared;
+    shared.metrics.conn(mode, ConnKind::Refused);
+    shared.metrics.refused(mode, reason);
+    let Some(suppressed) = shared.refusal_logs[reason as usize].admit() else {
+        return;
+    };
+    match reason {
+        RefusalReason::NotAllowed => tracing::warn!(
+            %mode,
+            client = %peer,
+            allowed = %shared.cfg.allow_clients,
+            suppressed,
+            "refused a client that --allow-client does not allow (closed before reading); \
+             to serve it, add its network with --allow-client CIDR"
+        ),
+        _ => tracing::warn!(
+            %mode,
+            client = %peer,
+            suppressed,
+            "refused: {}",
+            detail.unwrap_or_default()
+        ),
+    }
+}
+
+/// The original destination of a transparent connection; `None` when it
+/// was not redirected (refused: the loop guard — a connection made straight
+/// to our port, from this host or any other, or redirected to another of our
+/// listeners, would be proxied to ourselves).
+fn redirected_destination(
+    worker: &Worker,
+    stream: &TcpStream,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    let shared = &worker.shared;
+    let local = stream.local_addr().ok()?;
+    let why = match origdst::original_dst(stream, local) {
+        Ok(dst) if dst == origdst::normalize(local) || shared.is_own_listener(dst) => format!(
+            "refused by the loop guard: destination {dst} is this proxy's own listener (the connection was not redirected)"
+        ),
+        Ok(dst) => return Some(dst),
+        Err(e) => format!("no original destination (SO_ORIGINAL_DST): {e}"),
+    };
+    refused(
+        worker,
+        Mode::Transparent,
+        peer,
+        RefusalReason::NotRedirected,
+        Some(why),
+    );
+    None
 }
 
 fn event(worker: &Worker, ctx: &ConnCtx, kind: ConnEventKind) {
@@ -288,37 +365,8 @@ async fn sniff(tcp: &mut Tcp, buf: &mut Vec<u8>) -> Sniff {
     }
 }
 
-async fn serve_transparent(worker: &Worker, ctx: ConnCtx, stream: TcpStream) {
+async fn serve_transparent(worker: &Worker, ctx: ConnCtx, stream: TcpStream, dst: SocketAddr) {
     let shared = &worker.shared;
-    let local = match stream.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
-    };
-    let dst = match origdst::original_dst(&stream, local) {
-        Ok(d) => d,
-        Err(e) => {
-            shared.metrics.conn(ctx.mode, ConnKind::Refused);
-            log_conn_error(
-                worker,
-                &ctx,
-                format!("no original destination (SO_ORIGINAL_DST): {e}"),
-            );
-            return;
-        }
-    };
-    // Loop guard: a connection made straight to our port, or redirected to
-    // another of our listeners, would be proxied to ourselves forever.
-    if dst == origdst::normalize(local) || shared.is_own_listener(dst) {
-        shared.metrics.conn(ctx.mode, ConnKind::Refused);
-        log_conn_error(
-            worker,
-            &ctx,
-            format!(
-                "refused by the loop guard: destination {dst} is this proxy's own listener (the connection was not redirected)"
-            ),
-        );
-        return;
-    }
     let Some(tcp) = to_poll(stream) else { return };
     let dest = Target {
         host: dst.ip().to_string(),

@@ -5,6 +5,7 @@
 //! sniff (`detect`) → passthrough (`passthrough`) | intercept (`tls`,
 //! `engine`, `upstream`) → flow log (`flowlog`) and metrics (`metrics`).
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod conn;

@@ -181,6 +181,7 @@ pub fn run(cfg: Config) -> Result<Outcome, StartError> {
         tracer,
         upstream_alpn,
         health: crate::health::Heartbeats::new(workers),
+        refusal_logs: Default::default(),
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -219,6 +220,8 @@ pub fn run(cfg: Config) -> Result<Outcome, StartError> {
     for (mode, addr) in &bound {
         tracing::info!(%mode, %addr, "listening");
     }
+    log_access(&shared.cfg, &bound);
+    report_migrate_req(&shared.metrics);
 
     let sig = wait_for_signal(&signals);
     let deadline = Instant::now() + shared.cfg.shutdown_timeout;
@@ -306,6 +309,68 @@ fn stop_on_output_failure(
             // signal is blocked in every thread and taken by sigwait.
             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         })),
+    }
+}
+
+/// Say whether a restart beside a new tproxy can lose queued connections.
+fn report_migrate_req(metrics: &Metrics) {
+    match crate::net::listener::migrate_req() {
+        Some(true) => {
+            metrics.migrate_req.set(1);
+            tracing::info!(
+                "net.ipv4.tcp_migrate_req=1: on restart, connections queued on this process move to the next tproxy"
+            );
+        }
+        Some(false) => {
+            metrics.migrate_req.set(0);
+            tracing::warn!(
+                "net.ipv4.tcp_migrate_req=0: connections queued on this process's listeners are reset when \
+                 it exits, so a restart can fail requests; set it to 1 (tproxy-podwatch does by default; \
+                 docs/restarts.md)"
+            );
+        }
+        None => {
+            metrics.migrate_req.set(-1);
+            tracing::warn!(
+                "net.ipv4.tcp_migrate_req not available (Linux < 5.14): a restart can reset connections \
+                 queued on the old process (docs/restarts.md)"
+            );
+        }
+    }
+}
+
+/// Say who the regular listeners serve, and warn about settings that are
+/// probably not what was meant.
+fn log_access(cfg: &Config, bound: &[(Mode, std::net::SocketAddr)]) {
+    let regular: Vec<_> = bound
+        .iter()
+        .filter(|(m, _)| *m == Mode::Regular)
+        .map(|(_, a)| *a)
+        .collect();
+    if regular.is_empty() {
+        if cfg.proxy_auth.is_some() {
+            tracing::warn!("--proxyauth has no effect: there is no regular-mode listener");
+        }
+        return;
+    }
+    let allowed = &cfg.allow_clients;
+    tracing::info!(%allowed, "regular listeners serve these clients (--allow-client)");
+    if allowed.is_open() {
+        tracing::warn!(
+            "--allow-client any: the regular listeners serve every source that can reach them \
+             (an open proxy); use it only behind a firewall or with --proxyauth"
+        );
+    } else if allowed.loopback_only() {
+        for addr in regular.iter().filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                %addr,
+                "this regular listener serves only clients on this host (--allow-client default \
+                 without --pod-directory); add --allow-client CIDR for others"
+            );
+        }
+    }
+    if let Some(auth) = &cfg.proxy_auth {
+        tracing::info!(user = %auth.user(), "proxy authentication required (--proxyauth)");
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Shared {
     pub upstream_alpn: crate::tls::upstream::UpstreamAlpn,
     /// One heartbeat per worker event loop (`/healthz`).
     pub health: crate::health::Heartbeats,
+    /// Rate limits of the "refused a client" warnings, per [`crate::access::RefusalReason`].
+    pub refusal_logs: [crate::access::RefusalLog; 3],
 }
 
 impl Shared {
@@ -97,6 +99,16 @@ impl Worker {
     /// An owned handle to this worker (it lives as long as its thread).
     pub fn rc(&self) -> Option<Rc<Worker>> {
         self.me.upgrade()
+    }
+
+    /// Whether `--allow-client` lets `ip` use a regular listener (the pod
+    /// directory is this worker's current snapshot: pods podwatch adds are
+    /// served as soon as the file reloads).
+    pub fn client_allowed(&self, ip: std::net::IpAddr) -> bool {
+        self.shared
+            .cfg
+            .allow_clients
+            .allows(ip, |ip| self.source_pod(ip).is_some())
     }
 
     /// The pod a client IP belongs to, from the pod directory.

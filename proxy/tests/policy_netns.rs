@@ -63,6 +63,8 @@ fn example_bucket_policy_in_transparent_and_regular_mode() {
         .mode(&format!("regular@{NODE_CLIENT_IP}:{REGULAR_PORT}"))
         .upstream_ca(&pki.ca_pem())
         .args(&["--rules", rules.to_str().unwrap()])
+        // The client namespace is not loopback and not a pod (issue #19).
+        .args(&["--allow-client", "198.18.1.0/24"])
         .spawn();
     topo.redirect_to(TRANSPARENT_PORT);
     let ca = p.ca_cert();

@@ -68,6 +68,10 @@ pub enum Preconnected {
     Failed(UpstreamError),
 }
 
+/// How long, once shutting down, a connection that has not sent its first
+/// request yet is still waited for.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 /// Serve HTTP/1 requests on `client` until it closes.
 pub async fn serve(
     worker: &Worker,
@@ -98,21 +102,19 @@ pub async fn serve(
         }
         Preconnected::Failed(e) => pre_error = Some(e),
     }
-    // Shutdown closes connections idle *between* requests only. The first
-    // request of a connection is always awaited (bounded by --idle-timeout and
-    // the --shutdown-timeout drain): a client the kernel handed to this
-    // process just before SIGTERM (a DaemonSet surge rollout) is mid-handshake
-    // or sending it, and closing unanswered would fail that request.
+    // Shutdown closes connections idle *between* requests. The first request
+    // of a connection accepted before the signal is still awaited (for
+    // FIRST_REQUEST_GRACE): a client the kernel handed to this process just
+    // before SIGTERM (a DaemonSet surge rollout) is mid-handshake or sending
+    // it, and closing it unanswered would fail a request (issue #16).
+    let opened = Instant::now();
     let mut first = true;
     loop {
-        if !first && shared.shutting_down() && buf.is_empty() {
+        let quit = || shared.shutting_down() && (!first || opened.elapsed() >= FIRST_REQUEST_GRACE);
+        if buf.is_empty() && quit() {
             break;
         }
         // 1. Request head.
-        // A connection accepted before a shutdown still gets its first
-        // request answered; only connections idle between requests close.
-        let awaiting_first = first;
-        let quit = || !awaiting_first && shared.shutting_down();
         let waits = HeadWaits {
             idle: shared.cfg.idle_timeout,
             head: shared.cfg.request_head_timeout,
@@ -152,6 +154,33 @@ pub async fn serve(
         };
         let started = SystemTime::now();
         let t0 = Instant::now();
+
+        // --proxyauth: every explicit-proxy request (CONNECT included) carries
+        // the credentials; the requests inside an authorised tunnel do not.
+        if matches!(scope, Scope::Proxy)
+            && let Some(auth) = &shared.cfg.proxy_auth
+        {
+            let check = auth.check(head.headers.get("proxy-authorization"));
+            if check != crate::access::AuthCheck::Ok {
+                shared
+                    .metrics
+                    .refused(ctx.mode, crate::access::RefusalReason::ProxyAuth);
+                let _ = client
+                    .write_all(&crate::access::auth::challenge_response(check))
+                    .await;
+                let _ = client.flush().await;
+                let what = match check {
+                    crate::access::AuthCheck::Missing => "without Proxy-Authorization",
+                    _ => "with wrong proxy credentials",
+                };
+                log_conn_error(
+                    worker,
+                    ctx,
+                    format!("407 for {} {} {what}", head.method, head.target),
+                );
+                break;
+            }
+        }
 
         if head.method.eq_ignore_ascii_case("CONNECT") {
             if matches!(scope, Scope::Proxy) {

@@ -13,6 +13,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::access::RefusalReason;
 use crate::config::Mode;
 
 /// Connection handling outcome, a label on `tproxy_connections_total`.
@@ -30,6 +31,8 @@ pub enum ConnKind {
 pub struct Metrics {
     pub registry: Registry,
     conns: [[IntCounter; 3]; 2],
+    /// `tproxy_client_refusals_total{mode,reason}` (index: mode, [`RefusalReason`] order).
+    refusals: [[IntCounter; 3]; 2],
     /// Open client connections per listener mode (moved by conn.rs).
     active: [IntGauge; 2],
     /// Open passthrough connections per listener mode.
@@ -54,6 +57,10 @@ pub struct Metrics {
     /// the failure that was hidden from the client.
     pub upstream_retries: [IntCounter; 8],
     pub workers: IntGaugeVec,
+    /// `tproxy_tcp_migrate_req`: the sysctl at start (1, 0, or -1 unreadable).
+    pub migrate_req: IntGauge,
+    /// `tproxy_start_time_seconds`: when this process started (restarts show as changes).
+    pub start_time: prometheus::Gauge,
     /// Live reloads of the rules file / pod directory, by result (synced at scrape).
     pub policy_reload_ok: IntCounter,
     pub policy_reload_error: IntCounter,
@@ -102,6 +109,13 @@ impl Metrics {
                 "Client connections accepted, by listener mode and how they were handled.",
             ),
             &["mode", "kind"],
+        )?;
+        let refusals_vec = IntCounterVec::new(
+            Opts::new(
+                "tproxy_client_refusals_total",
+                "Clients turned away, by listener mode and reason: not_allowed (source not in --allow-client; closed before a byte is read), not_redirected (transparent port reached without a REDIRECT), proxy_auth (407: missing or wrong --proxyauth credentials).",
+            ),
+            &["mode", "reason"],
         )?;
         let active_vec = IntGaugeVec::new(
             Opts::new(
@@ -197,10 +211,26 @@ impl Metrics {
             ),
             &["event"],
         )?;
+        let migrate_req = IntGauge::new(
+            "tproxy_tcp_migrate_req",
+            "net.ipv4.tcp_migrate_req in tproxy's network namespace at start: 1 = a restart hands queued connections to the new process, 0 = they are reset when this process exits, -1 = unknown (kernel < 5.14). See docs/restarts.md.",
+        )?;
+        let start_time = prometheus::Gauge::new(
+            "tproxy_start_time_seconds",
+            "Start time of this tproxy process, seconds since the Unix epoch (changes() counts restarts).",
+        )?;
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         for c in [
             Box::new(reload_vec.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(migrate_req.clone()),
+            Box::new(start_time.clone()),
             Box::new(failopen_vec.clone()),
             Box::new(conns_vec.clone()),
+            Box::new(refusals_vec.clone()),
             Box::new(active_vec.clone()),
             Box::new(tls_vec.clone()),
             Box::new(tls_reason_vec.clone()),
@@ -228,6 +258,8 @@ impl Metrics {
                 conn("transparent", "blocked"),
             ],
         ];
+        let refusals = ["regular", "transparent"]
+            .map(|m| RefusalReason::ALL.map(|r| refusals_vec.with_label_values(&[m, r.as_str()])));
         let reasons =
             |side: &str| tls::REASONS.map(|r| tls_reason_vec.with_label_values(&[side, r]));
         let flows = opts.enabled.then(|| {
@@ -240,6 +272,7 @@ impl Metrics {
         Ok(Metrics {
             observers,
             conns,
+            refusals,
             active: [gauge("active_regular")?, gauge("active_transparent")?],
             passthrough_active: [gauge("pt_regular")?, gauge("pt_transparent")?],
             active_by_kind: ["regular", "transparent"].map(|m| {
@@ -268,6 +301,8 @@ impl Metrics {
             upstream_retries: crate::upstream::failure::Cause::ALL
                 .map(|c| retries_vec.with_label_values(&[c.as_str()])),
             workers,
+            migrate_req,
+            start_time,
             policy_reload_ok: reload_vec.with_label_values(&["rules", "ok"]),
             policy_reload_error: reload_vec.with_label_values(&["rules", "error"]),
             poddir_reload_ok: reload_vec.with_label_values(&["pod_directory", "ok"]),
@@ -285,6 +320,11 @@ impl Metrics {
         if let ConnKind::Passthrough = kind {
             self.passthrough_active[mode_idx(mode)].inc();
         }
+    }
+
+    /// Count a client turned away (see [`RefusalReason`]).
+    pub fn refused(&self, mode: Mode, reason: RefusalReason) {
+        self.refusals[mode_idx(mode)][reason as usize].inc();
     }
 
     /// A passthrough connection counted by [`Metrics::conn`] ended.

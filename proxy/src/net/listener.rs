@@ -51,6 +51,20 @@ pub fn bind_all(
     Ok((all, bound))
 }
 
+/// The sysctl that lets a restart lose no queued connection (Linux ≥ 5.14).
+pub const MIGRATE_REQ_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// `net.ipv4.tcp_migrate_req` of this network namespace: when 1, connections
+/// queued on (or still handshaking with) a listener that closes move to
+/// another listener of its SO_REUSEPORT group instead of being reset — so an
+/// old tproxy exiting beside a new one hands its accept queue over
+/// (docs/restarts.md). `None`: not readable (kernel before 5.14).
+pub fn migrate_req() -> Option<bool> {
+    std::fs::read_to_string(MIGRATE_REQ_SYSCTL)
+        .ok()
+        .map(|s| s.trim() != "0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

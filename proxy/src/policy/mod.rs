@@ -30,6 +30,7 @@ pub use failopen::{Clock, FailOpen, FailOpenConfig};
 pub use live::LivePolicy;
 pub use print::check_file;
 pub use raw::{ActionKind, DenyConnection, Scheme};
+pub use values::Cidr;
 
 use matcher::{HostIndex, Inputs, Matcher, Prefilter, ReqInputs, Tri, with_normalized};
 use raw::{RawActionSpec, RawHeaderEdit, RawMatch, RawPolicy};

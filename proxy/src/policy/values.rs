@@ -251,6 +251,13 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
 }
 from_str_de!(Cidr, "a CIDR", parse_cidr);
 
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_cidr(s)
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
