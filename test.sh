@@ -16,3 +16,4 @@ echo "== proxy tests again on the epoll driver (MONOIO_FORCE_LEGACY_DRIVER=1)"
 MONOIO_FORCE_LEGACY_DRIVER=1 cargo test -p tproxy --locked
 echo "== quick benchmark: checks the bench harness runs (numbers are not checked)"
 cargo run -p tproxy-bench --locked -- --quick --tproxy target/debug/tproxy
+images/test.sh # the four container images: built from this tree and run (docs/images.md)
