@@ -112,7 +112,9 @@ version=${version##*[#@]}
 # --- build ---------------------------------------------------------------------
 start=$(date +%s)
 if "$here/scripts/build-images.sh" --profile "$profile" --tag "$tag" >"$work/build.log" 2>&1; then
-  pass "scripts/build-images.sh --profile $profile built the four images ($(($(date +%s) - start)) s, base ${base_made:+made}${base_made:-reused})"
+  if [ -n "$base_made" ]; then how="made $base_made"; else how="reused $base"; fi
+  pass "scripts/build-images.sh --profile $profile built the four images in $(($(date +%s) - start)) s ($how)"
+  grep '^build-images: .* took ' "$work/build.log" | sed 's/^/     /'
 else
   fail "scripts/build-images.sh --profile $profile"
   tail -n 40 "$work/build.log" | sed 's/^/     | /'
@@ -232,6 +234,72 @@ podman logs "$name" 2>&1 | grep -m1 -o 'driver=[a-z_]*' | sed 's/^/     proxy wo
 podman stop -t 10 "$name" >/dev/null 2>&1
 code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
 expect "tproxy container exit code after SIGTERM" 0 "$code"
+
+# --- the proxy as the chart runs it ------------------------------------------------
+# Read-only root file system, the CA from a read-only mount holding only the two
+# PEM files of the CA Secret (mode 0440, group 65532), an upstream CA file; an
+# HTTPS request intercepted end to end (leaf minted by the mounted CA, upstream
+# verified with --upstream-ca): rustls and ring in the static binary.
+mkdir -p "$work/ca-init" "$work/ca" "$work/up" "$work/www"
+chown 65532:65532 "$work/ca-init"
+check "tproxy ca init in its image (uid 65532 writing a mounted directory)" \
+  podman run --rm --pull never --network none -v "$work/ca-init:/ca" "$(img tproxy)" ca init --confdir /ca --key-type ecdsa
+cp "$work/ca-init/mitmproxy-ca.pem" "$work/ca-init/mitmproxy-ca-cert.pem" "$work/ca/"
+chgrp -R 65532 "$work/ca" && chmod 0440 "$work/ca"/*.pem && chmod 0750 "$work/ca"
+(
+  cd "$work/up" &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=imagetest-upstream-ca \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -keyout ca.key -out ca.pem &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -keyout leaf.key -out leaf.csr &&
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext &&
+    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out leaf.pem
+) >/dev/null 2>&1 || fail "openssl: making the upstream certificates"
+chmod 0644 "$work/up/ca.pem"
+ip netns exec "$ns" python3 -c '
+import http.server, ssl, sys, functools
+h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+srv = http.server.HTTPServer(("127.0.0.1", 18443), h)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+' "$work/www" "$work/up/leaf.pem" "$work/up/leaf.key" >/dev/null 2>&1 &
+pids+=($!)
+name=tpimg-proxyro-$$
+containers+=("$name")
+podman run -d --pull never --name "$name" --network "ns:/run/netns/$ns" --read-only --read-only-tmpfs=false \
+  -v "$work/ca:/etc/tproxy/ca:ro" -v "$work/up/ca.pem:/etc/tproxy/upstream-ca.pem:ro" "$(img tproxy)" \
+  --mode regular@127.0.0.1:18083 --admin 127.0.0.1:19093 --workers 1 \
+  --confdir /etc/tproxy/ca --upstream-ca /etc/tproxy/upstream-ca.pem >/dev/null
+healthy=0
+for _ in $(seq 1 300); do
+  if ip netns exec "$ns" curl -fsS -o /dev/null http://127.0.0.1:19093/healthz 2>/dev/null; then
+    healthy=1
+    break
+  fi
+  [ "$(podman inspect --format '{{.State.Running}}' "$name" 2>/dev/null)" = true ] || break
+  sleep 0.2
+done
+if ((healthy)); then
+  pass "tproxy container with a read-only root and a read-only CA mount answers /healthz"
+else
+  fail "tproxy container with a read-only root and a read-only CA mount"
+  podman logs "$name" 2>&1 | tail -n 20 | sed 's/^/     | /'
+fi
+fp() { openssl x509 -noout -fingerprint -sha256; }
+expect "tproxy container serves the mounted CA on /ca.pem" "$(fp <"$work/ca/mitmproxy-ca-cert.pem")" \
+  "$(ip netns exec "$ns" curl -fsS http://127.0.0.1:19093/ca.pem | fp)"
+# The upstream may need a moment to listen: bounded retries.
+for _ in $(seq 1 50); do
+  out=$(ip netns exec "$ns" curl -sS --cacert "$work/ca/mitmproxy-ca-cert.pem" -x http://127.0.0.1:18083 \
+    https://localhost:18443/index.txt 2>&1) && break
+  sleep 0.2
+done
+expect "HTTPS intercepted by the tproxy container (leaf from the mounted CA, upstream verified with --upstream-ca)" \
+  "hello from the upstream" "$out"
+check "the intercepted flow is in the container's flow log" \
+  bash -c "podman logs '$name' 2>/dev/null | grep -q 'GET https://localhost:18443/index.txt'"
+
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
 pids=()
 
@@ -276,6 +344,21 @@ for v in nft legacy; do
   ip netns del "$n"
 done
 
+# As the chart runs it: read-only root file system (no tmpfs on /run), the
+# host's /run/xtables.lock mounted (iptables-legacy locks it), only NET_ADMIN
+# and NET_RAW.
+n=${ns}r
+mkns "$n"
+: >"$work/xtables.lock"
+for b in nft iptables-legacy; do
+  check "podwatch --backend $b with a read-only root (the chart's securityContext)" \
+    podman run --rm --pull never --network "ns:/run/netns/$n" --read-only --read-only-tmpfs=false \
+    --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW \
+    -v "$work/pw:/work" -v "$work/xtables.lock:/run/xtables.lock" "$(img tproxy-podwatch)" \
+    --node-name node-a --proxy-port 15001 --pods-from-file /work/pods.json --pod-directory /work/pods-dir.json --backend "$b"
+done
+ip netns del "$n"
+
 # --- sidecar: locks a namespace from its image -------------------------------------
 i=0
 for b in nft iptables-nft iptables-legacy; do
@@ -284,15 +367,15 @@ for b in nft iptables-nft iptables-legacy; do
   mkns "$n"
   check "sidecar --backend $b in its container (NET_ADMIN, NET_RAW)" \
     podman run --rm --pull never --network "ns:/run/netns/$n" --cap-add NET_ADMIN --cap-add NET_RAW \
-    -e BLOCK_SVC_CIDR=198.18.240.0/20 -e ALLOW_DNS=198.18.240.10 -e NODE_NAME=198.18.0.1 \
+    --add-host node-a:198.18.0.1 -e BLOCK_SVC_CIDR=198.18.240.0/20 -e ALLOW_DNS=198.18.240.10 -e NODE_NAME=node-a \
     "$(img tproxy-sidecar)" --backend "$b"
   case $b in
   nft) q="ip netns exec $n nft list ruleset" ;;
   iptables-nft) q="ip netns exec $n iptables-nft-save" ;;
   iptables-legacy) q="ip netns exec $n iptables-legacy-save" ;;
   esac
-  check "sidecar $b rules visible from the host (service CIDR rejected, DNS server allowed)" \
-    bash -c "r=\$($q) && grep -q 198.18.240.0/20 <<<\"\$r\" && grep -q 198.18.240.10 <<<\"\$r\""
+  check "sidecar $b rules visible from the host (service CIDR rejected, DNS server allowed, node-a resolved by /etc/hosts)" \
+    bash -c "r=\$($q) && grep -q 198.18.240.0/20 <<<\"\$r\" && grep -q 198.18.240.10 <<<\"\$r\" && grep -q 198.18.0.1 <<<\"\$r\""
   ip netns del "$n"
 done
 

@@ -39,7 +39,8 @@ Options:
   --skip-cargo      do not run cargo: use the binaries already built for --profile
   -h, --help        print this help
 
-Prints one line per image: "image NAME SIZE_BYTES". Tools needed: cargo, podman or
+Binaries are built in ${CARGO_TARGET_DIR:-target}/<triple>/<profile>/. Prints one line
+per image: "image NAME SIZE_BYTES". Tools needed: cargo, podman or
 docker, and debootstrap when the local base has to be made (images/install-deps.sh
 installs podman, buildah, runc and debootstrap on Debian and configures podman).
 EOF
@@ -185,7 +186,9 @@ if [ -z "$base" ]; then
   fi
   base=localhost/tproxy-build-base:$suite
   if ((rebuild_base)) || ! "$engine" image inspect "$base" >/dev/null 2>&1; then
+    t0=$SECONDS
     make_base "$base"
+    echo "build-images: making the base took $((SECONDS - t0)) s"
   fi
 fi
 
@@ -198,19 +201,24 @@ dev | test) profile_dir=debug ;;
 bench) profile_dir=release ;;
 *) profile_dir=$profile ;;
 esac
-bindir=$here/target/$triple/$profile_dir
+target_dir=${CARGO_TARGET_DIR:-$here/target}
+case $target_dir in /*) ;; *) target_dir=$here/$target_dir ;; esac
+bindir=$target_dir/$triple/$profile_dir
 
 if ((!skip_cargo)); then
   bins=()
   for c in "${components[@]}"; do bins+=(--bin "$c"); done
   echo "build-images: cargo build --profile $profile --target $triple ${bins[*]} (static)"
+  t0=$SECONDS
   (cd "$here" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --locked --profile "$profile" --target "$triple" "${bins[@]}")
+  echo "build-images: cargo build took $((SECONDS - t0)) s"
 fi
 
-ctx=$(mktemp -d "$here/target/image-context.XXXXXX")
+mkdir -p "$target_dir"
+ctx=$(mktemp -d "$target_dir/image-context.XXXXXX")
 # shellcheck disable=SC2064 # expand now: the trap must remove this directory
-trap "rm -rf '$ctx'" EXIT
+trap "rm -rf '$ctx' '$ctx.log'" EXIT
 mkdir "$ctx/bin"
 cp "$here/images/Containerfile" "$here/images/rootfs.sh" "$ctx/"
 for c in "${components[@]}"; do
@@ -223,11 +231,16 @@ done
 
 # --- images ------------------------------------------------------------------
 
+t0=$SECONDS
 for c in "${components[@]}"; do
   name=${registry:+$registry/}$c:$tag
   echo "build-images: $engine build --target $c -t $name"
-  "$engine" build --quiet -f "$ctx/Containerfile" --target "$c" \
-    --build-arg "BASE=$base" --build-arg "VERSION=$version" -t "$name" "$ctx" >/dev/null
+  if ! "$engine" build -f "$ctx/Containerfile" --target "$c" \
+    --build-arg "BASE=$base" --build-arg "VERSION=$version" -t "$name" "$ctx" >"$ctx.log" 2>&1; then
+    tail -n 30 "$ctx.log" >&2
+    die "$engine build --target $c failed (last lines above)"
+  fi
   size=$("$engine" image inspect --format '{{.Size}}' "$name")
   echo "image $name $size"
 done
+echo "build-images: $engine build of ${#components[@]} image(s) took $((SECONDS - t0)) s"
