@@ -22,3 +22,5 @@ echo "== end to end: the chart's components in network namespaces (e2e/README.md
 e2e/run.sh
 echo "== fuzz targets, bounded (FUZZ_SECONDS each)"
 ./scripts/fuzz-ci.sh
+echo "== container images: the four images built from this tree and run (docs/images.md)"
+images/test.sh
