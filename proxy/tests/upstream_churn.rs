@@ -180,9 +180,11 @@ fn http11_upstream_connection_close_never_reaches_h1_and_h2_clients() {
 fn http11_client_to_h2_upstream_never_sees_goaways() {
     // The h2-only upstream answers every `/goaway` stream and then sends
     // GOAWAY with that stream as the last one: every connection serves one
-    // request and the others in flight on it are refused.
+    // request and the others in flight on it are refused. It alerts on an
+    // http/1.1-only offer (an upstream that merely selects no ALPN protocol
+    // is HTTP/1.1 by RFC 7301 and is not probed with h2).
     let pki = TestPki::new();
-    let up = PyH2::start(&pki);
+    let up = PyH2::strict(&pki);
     let p = ProxyBuilder::new()
         .upstream_ca(&pki.ca_pem())
         .args(&["--flow-detail", "0"])
@@ -277,7 +279,7 @@ fn curl_many(p: &Proxy, args: &[&str]) -> String {
 #[test]
 fn streams_the_upstream_refused_are_sent_again_with_their_body() {
     let pki = TestPki::new();
-    let up = PyH2::start(&pki);
+    let up = PyH2::strict(&pki);
     let p = ProxyBuilder::new()
         .upstream_ca(&pki.ca_pem())
         .args(&["--log-format", "json"])
