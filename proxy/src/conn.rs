@@ -33,6 +33,33 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time allowed for the client's TLS handshake with us.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a regular-mode client that is not (yet) a known pod is held
+/// before it is refused: a pod's first connection can arrive before the
+/// proxy has reloaded the pod directory that lists it (podwatch writes the
+/// file when the pod gets its IP; the proxy polls it every 500 ms).
+const NEW_POD_GRACE: Duration = Duration::from_millis(1500);
+
+/// [`Worker::client_allowed`], re-checked against the reloading pod
+/// directory for up to [`NEW_POD_GRACE`] when `pods` is allowed, so a pod
+/// that just started is not refused by a race with the reload. Others wait
+/// that long for their refusal, which costs tproxy one timer.
+async fn client_allowed_soon(worker: &Worker, peer: SocketAddr) -> bool {
+    if worker.client_allowed(peer.ip()) {
+        return true;
+    }
+    if !worker.shared.cfg.allow_clients.has_pods() || worker.shared.shutting_down() {
+        return false;
+    }
+    let until = std::time::Instant::now() + NEW_POD_GRACE;
+    while std::time::Instant::now() < until {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        if worker.client_allowed(peer.ip()) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Serve one accepted connection to the end.
 pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketAddr) {
     let shared = &worker.shared;
@@ -40,7 +67,7 @@ pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketA
     // Who may use this listener, decided before a byte is read; a refused
     // connection is closed by dropping `stream` (docs/access.md).
     let redirected_to = match mode {
-        Mode::Regular if !worker.client_allowed(peer.ip()) => {
+        Mode::Regular if !client_allowed_soon(worker, peer).await => {
             refused(worker, mode, peer, RefusalReason::NotAllowed, None);
             return;
         }

@@ -110,6 +110,11 @@ impl AllowList {
         pods && is_pod(ip)
     }
 
+    /// Whether `pods` (the pod directory) is one of the entries.
+    pub fn has_pods(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e, AllowEntry::Pods))
+    }
+
     /// Whether only processes on this host can be served (the default
     /// without a pod directory).
     pub fn loopback_only(&self) -> bool {
