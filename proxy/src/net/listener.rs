@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Bind a non-blocking, SO_REUSEADDR + SO_REUSEPORT listener on `addr`.
-/// (A blocking listener hangs monoio's epoll driver — STACK-NOTES.md.)
+/// (A blocking listener hangs monoio's epoll driver: docs/stack.md "Listeners".)
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;

@@ -1,7 +1,8 @@
 //! One relay direction moved by splice(2): socket → pipe → socket.
 //!
 //! monoio's own splice ops go through io_uring, which cannot splice
-//! non-blocking and crawls (STACK-NOTES "Passthrough: splice"). Instead the
+//! non-blocking and crawls (94 MB/s against 1.7–2.1 GB/s: docs/stack.md
+//! "Splice"). Instead the
 //! sockets are switched to `O_NONBLOCK`, each direction calls `splice` itself,
 //! and on `EAGAIN` awaits readiness with `TcpStream::readable(false)` /
 //! `writable(false)`: a one-shot `PollAdd` on io_uring, the driver's readiness

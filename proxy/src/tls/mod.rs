@@ -2,7 +2,8 @@
 //! certificate cache shared by all workers, and rustls configs for both sides.
 //!
 //! * `provider()` — the one rustls CryptoProvider (ring); configs are always
-//!   built with `builder_with_provider` (see STACK-NOTES.md).
+//!   built with `builder_with_provider` (`builder()` panics when two providers
+//!   are in the build: docs/stack.md).
 //! * `ca::CertificateAuthority` — load/create `mitmproxy-ca.pem` & friends.
 //! * `certcache::CertCache` — `Send + Sync`, shared via `Arc` by all workers.
 //! * `server::server_config` — rustls ServerConfig for one minted leaf.

@@ -1,5 +1,5 @@
 //! The client → node → upstream network-namespace topology (see
-//! STACK-NOTES.md "Test topology"), torn down on drop.
+//! docs/stack.md "Network-namespace test topology"), torn down on drop.
 //!
 //! ```text
 //!  client ns            node ns (ip_forward=1)            upstream ns

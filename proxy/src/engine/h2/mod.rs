@@ -8,8 +8,8 @@
 //!   [`h1_down`]: an HTTP/1.1 client to an HTTP/2 upstream.
 //! * [`translate`]: head translation; [`body`]: flow-controlled bodies.
 //!
-//! All of it runs on poll-io streams (tokio traits) with tokio-rustls, as
-//! STACK-NOTES.md prescribes.
+//! All of it runs on poll-io streams (tokio traits) with tokio-rustls: the
+//! only adaptor path that neither panics nor crawls (docs/stack.md).
 
 pub mod body;
 pub mod client;
