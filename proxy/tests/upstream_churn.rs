@@ -187,7 +187,7 @@ fn http11_client_to_h2_upstream_never_sees_goaways() {
     let up = PyH2::strict(&pki);
     let p = ProxyBuilder::new()
         .upstream_ca(&pki.ca_pem())
-        .args(&["--flow-detail", "0"])
+        .args(&["--flow-detail", "1"])
         .spawn();
     let tunnel = Tunnel::new(p.addr("regular"), format!("localhost:{}", up.port));
     let url = format!("https://localhost:{}/goaway", tunnel.addr.port());

@@ -115,11 +115,20 @@ pub const H2_MAX_FUTILE_ATTEMPTS: usize = 8;
 /// the one that refused it.
 pub const H2_MAX_ATTEMPTS: usize = 64;
 
+/// Refused attempts after which a stream's next attempt opens a connection
+/// of its own, where it is the first stream, instead of queueing on the
+/// shared one: streams refused together retry together, and the ones that
+/// lose the race for the next connection's first slots would lose it again
+/// (under load a waiting stream is the last to run), while a server that
+/// processes any stream of a connection processes its first one.
+pub const H2_OWN_CONNECTION_AFTER: usize = 3;
+
 /// A stream's retry budget ([`H2_MAX_FUTILE_ATTEMPTS`], [`H2_MAX_ATTEMPTS`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct H2Budget {
     attempts: usize,
     futile: usize,
+    lost: bool,
 }
 
 impl H2Budget {
@@ -133,9 +142,28 @@ impl H2Budget {
         self.attempts < H2_MAX_ATTEMPTS && self.futile < H2_MAX_FUTILE_ATTEMPTS
     }
 
+    /// Count an attempt whose connection closed under the stream before
+    /// its response head (an I/O error: the server may or may not have
+    /// acted on it). Returns whether to send it again: once, and only an
+    /// `idempotent` request, the rule HTTP/1.1's keep-alive race follows.
+    pub fn lost(&mut self, idempotent: bool) -> bool {
+        if !idempotent || self.lost {
+            return false;
+        }
+        self.lost = true;
+        self.attempts += 1;
+        self.attempts < H2_MAX_ATTEMPTS
+    }
+
     /// Attempts made so far.
     pub fn attempts(&self) -> usize {
         self.attempts
+    }
+
+    /// Whether the next attempt gets a new connection of its own
+    /// ([`H2_OWN_CONNECTION_AFTER`]).
+    pub fn wants_own_connection(&self) -> bool {
+        self.attempts >= H2_OWN_CONNECTION_AFTER
     }
 }
 
@@ -315,6 +343,26 @@ mod tests {
             assert!(b.refused(true));
         }
         assert!(!b.refused(true));
+    }
+
+    #[test]
+    fn h2_budget_resends_an_idempotent_stream_once_when_its_connection_is_lost() {
+        let mut b = H2Budget::default();
+        assert!(!b.lost(false));
+        assert!(b.lost(true));
+        assert!(!b.lost(true));
+        assert_eq!(b.attempts(), 1);
+    }
+
+    #[test]
+    fn h2_budget_gives_a_repeatedly_refused_stream_its_own_connection() {
+        let mut b = H2Budget::default();
+        for _ in 0..H2_OWN_CONNECTION_AFTER {
+            assert!(!b.wants_own_connection());
+            assert!(b.refused(true));
+        }
+        assert!(b.wants_own_connection());
+        const { assert!(H2_OWN_CONNECTION_AFTER < H2_MAX_FUTILE_ATTEMPTS) };
     }
 
     #[test]

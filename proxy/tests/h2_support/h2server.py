@@ -35,8 +35,10 @@ import hashlib
 import json
 import select
 import socket
+import sys
 import threading
 import time
+import traceback
 
 import h2.config
 import h2.connection
@@ -227,8 +229,10 @@ def handle(ctx, sock):
     tls.set_accept_state()
     try:
         Conn(tls).serve()
-    except Exception:  # a broken client must not kill the server
-        pass
+    except (SSL.Error, OSError, NoH2):
+        pass  # the client went away, or offered no h2 (alerted)
+    except Exception:  # a broken client must not kill the server; say why
+        traceback.print_exc(file=sys.stderr)
     finally:
         try:
             tls.shutdown()

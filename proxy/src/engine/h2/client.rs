@@ -15,6 +15,7 @@ use h2::client::SendRequest;
 use crate::flowlog::{ConnEvent, ConnEventKind};
 use crate::net::stream::UpstreamIo;
 use crate::tls::upstream::{ALPN_H1, ALPN_H2};
+use crate::upstream::failure::H2Budget;
 use crate::upstream::{self, ConnectTimings, Target, UpstreamConn, UpstreamError};
 use crate::worker::Worker;
 
@@ -248,6 +249,23 @@ pub async fn get(
     let res = connect(worker, target, client).await;
     worker.h2.borrow_mut().connecting.remove(target);
     res
+}
+
+/// The upstream for the next attempt of a stream the destination refused
+/// (`budget`): [`get`], or once the stream has lost several rounds
+/// ([`H2Budget::wants_own_connection`]) a new connection on which it is the
+/// first stream (the caller opens it before yielding; the connection then
+/// serves every stream of the worker, as one from [`get`] would).
+pub async fn for_attempt(
+    worker: &Worker,
+    target: &Target,
+    client: SocketAddr,
+    budget: &H2Budget,
+) -> Result<Upstream, UpstreamError> {
+    if !budget.wants_own_connection() || is_h1_only(worker, target) {
+        return get(worker, target, client).await;
+    }
+    connect(worker, target, client).await
 }
 
 async fn connect(

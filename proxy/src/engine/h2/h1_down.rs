@@ -92,12 +92,17 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
             Ok(mut s) => s.send_request(req, eos),
             Err(e) => Err(e),
         };
-        // The error, and whether the upstream proved it did not process it.
+        // The error, and whether the upstream proved it did not process it
+        // (`Some(true)`) or the connection closed under it (`Some(false)`).
         let (e, retryable, what) = match started {
             Err(e) => {
                 up.retire(worker, &route.target);
                 let never_sent = e.is_go_away() || e.is_io() || e.is_remote();
-                (e, never_sent, "upstream HTTP/2 connection failed")
+                (
+                    e,
+                    never_sent.then_some(true),
+                    "upstream HTTP/2 connection failed",
+                )
             }
             Ok((resp_fut, mut up_send)) => {
                 if !eos {
@@ -159,17 +164,31 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
                         if e.is_go_away() {
                             up.retire(worker, &route.target);
                         }
-                        let unprocessed = failure::h2_unprocessed(&e)
-                            && (eos || kept.as_ref().is_some_and(Replay::replayable));
-                        (e, unprocessed, "upstream HTTP/2 stream failed")
+                        let replayable = eos || kept.as_ref().is_some_and(Replay::replayable);
+                        let retry = if failure::h2_unprocessed(&e) {
+                            Some(true)
+                        } else if e.is_io() {
+                            Some(false)
+                        } else {
+                            None
+                        };
+                        (
+                            e,
+                            retry.filter(|_| replayable),
+                            "upstream HTTP/2 stream failed",
+                        )
                     }
                 }
             }
         };
         let cause = failure::h2_cause(&e);
-        let again = retryable && budget.refused(up.progress() != seen);
+        let again = match retryable {
+            Some(true) => budget.refused(up.progress() != seen),
+            Some(false) => budget.lost(failure::idempotent(&method)),
+            None => false,
+        };
         if !again {
-            let tries = if retryable {
+            let tries = if retryable.is_some() && budget.attempts() > 0 {
                 format!(" (after {} attempts)", budget.attempts())
             } else {
                 String::new()
@@ -182,7 +201,7 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
         }
         tracing::debug!(error = %e, "upstream did not process the request; retrying on a new connection");
         failure::record_retry(metrics, flow, cause);
-        match super::client::get(worker, &route.target, flow.client).await {
+        match super::client::for_attempt(worker, &route.target, flow.client, &budget).await {
             Ok(Upstream::H2(next, _)) => up = next,
             Ok(Upstream::H1(conn, _)) => {
                 // The destination answered HTTP/1.1 this time: not worth a

@@ -109,7 +109,8 @@ pub(super) async fn serve(
     let mut body = Some(body);
     let mut budget = H2Budget::default();
     while let Some(b) = body.take() {
-        let up = match super::client::get(worker, &route.target, ctx.client).await {
+        let up = match super::client::for_attempt(worker, &route.target, ctx.client, &budget).await
+        {
             Ok(u) => u,
             Err(e) => {
                 let msg = e.to_string();
@@ -412,7 +413,12 @@ impl Exchange<'_> {
                     up.retire(worker, &self.route.target);
                 }
                 let unprocessed = failure::h2_unprocessed(&e);
-                if unprocessed && budget.refused(up.progress() != seen) {
+                let again = if unprocessed {
+                    budget.refused(up.progress() != seen)
+                } else {
+                    e.is_io() && budget.lost(failure::idempotent(&self.flow.method))
+                };
+                if again {
                     retry = Some((cause, failure::describe_h2(&e)));
                 } else {
                     match e.reason() {
