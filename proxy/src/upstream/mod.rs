@@ -3,6 +3,7 @@
 
 pub mod failure;
 pub mod idle;
+pub mod recent;
 
 use std::collections::HashMap;
 use std::io;

@@ -16,6 +16,7 @@ use crate::flowlog::{ConnEvent, ConnEventKind};
 use crate::net::stream::UpstreamIo;
 use crate::tls::upstream::{ALPN_H1, ALPN_H2};
 use crate::upstream::failure::H2Budget;
+use crate::upstream::recent::{MAX_REMEMBERED, RecentSet};
 use crate::upstream::{self, ConnectTimings, Target, UpstreamConn, UpstreamError};
 use crate::worker::Worker;
 
@@ -55,18 +56,24 @@ impl H2Upstream {
     }
 }
 
+/// Entries in the connection map above which ended connections are swept
+/// out when a new one is added.
+const PRUNE_CONNS_AT: usize = 64;
+
 /// Per-worker HTTP/2 upstream state.
 #[derive(Default)]
 pub struct H2Pool {
     conns: HashMap<Target, H2Upstream>,
     connecting: HashSet<Target>,
     /// Targets that answered http/1.1 when offered h2 (use the HTTP/1 pool).
-    h1_only: HashSet<Target>,
+    h1_only: RecentSet<Target>,
     /// Targets this worker has spoken h2 to: after their connection went
     /// away, HTTP/1.1 clients get a new h2 connection rather than an
     /// HTTP/1.1 one an h2-only server would refuse.
-    h2_known: HashSet<Target>,
-    /// Answered-stream counters per destination (see [`H2Upstream::progress`]).
+    h2_known: RecentSet<Target>,
+    /// Answered-stream counters per destination (see [`H2Upstream::progress`]);
+    /// counters no connection holds any more are dropped when there are more
+    /// than [`MAX_REMEMBERED`].
     progress: HashMap<Target, Rc<Cell<u64>>>,
 }
 
@@ -162,13 +169,13 @@ async fn adopt_checked(
     };
     let ping = if verify { connection.ping_pong() } else { None };
     let alive = Rc::new(Cell::new(true));
-    let progress = worker
-        .h2
-        .borrow_mut()
-        .progress
-        .entry(target.clone())
-        .or_default()
-        .clone();
+    let progress = {
+        let mut pool = worker.h2.borrow_mut();
+        if pool.progress.len() >= MAX_REMEMBERED {
+            pool.progress.retain(|_, c| Rc::strong_count(c) > 1);
+        }
+        pool.progress.entry(target.clone()).or_default().clone()
+    };
     let up = H2Upstream {
         send,
         addr: conn.addr,
@@ -202,6 +209,11 @@ async fn adopt_checked(
     let mut pool = worker.h2.borrow_mut();
     pool.h1_only.remove(&target);
     pool.h2_known.insert(target.clone());
+    if pool.conns.len() >= PRUNE_CONNS_AT {
+        // Connections that ended stay in the map until their target is
+        // looked up again; many distinct targets must not keep them all.
+        pool.conns.retain(|_, c| c.alive.get());
+    }
     pool.conns.insert(target, up.clone());
     Ok(up)
 }
