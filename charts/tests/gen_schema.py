@@ -116,6 +116,8 @@ schema = {
         "initializer": obj({
             "replicas": {"type": "integer", "minimum": 1},
             "proxyMode": {"enum": ["transparent", "standard"]},
+            "standardProxyUrl": string("proxy URL for proxyMode standard (empty: http://$(NODE_IP):<port>)",
+                                       pattern=r"^$|^https?://."),
             "failurePolicy": {"enum": ["Fail", "Ignore"]},
             "timeoutSeconds": {"type": "integer", "minimum": 1, "maximum": 30},
             "excludedNamespaces": {"type": "array", "items": NS_NAME},

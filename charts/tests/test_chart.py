@@ -511,7 +511,22 @@ def test_initializer_loads_the_rendered_config_and_injects_the_ca(name, rendered
     text = json.dumps(printed)
     assert "configMap" not in text, "no per-namespace object may be needed"
     if name == "standard-mode-pods":
-        assert "http://$(NODE_NAME):1080" in text
+        # The node's IP from the downward API: node names do not resolve
+        # from pods on many clusters.
+        assert "http://$(NODE_IP):1080" in text
+        app_env = {e["name"]: e for e in printed["injection"]["env"]}
+        assert app_env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    node = next(e for e in init["env"] if e["name"] == "NODE_NAME")
+    assert node["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+
+
+def test_standard_proxy_url_is_settable_for_ipv6_nodes():
+    objs = render("--set", "initializer.proxyMode=standard", "--set", "tproxy.addStandardModeProxy=true",
+                  "--set", "initializer.standardProxyUrl=http://[$(NODE_IP)]:1080")
+    text = json.dumps([o for o in objs if o["kind"] == "ConfigMap"])
+    assert "http://[$(NODE_IP)]:1080" in text
+    proc = helm("template", "t", str(CHART), "--set", "initializer.standardProxyUrl=node:1080", check=False)
+    assert proc.returncode != 0 and "standardProxyUrl" in proc.stderr, proc.stderr
 
 
 def test_sidecar_writes_the_bundle_the_webhook_describes(rendered, binaries, tmp_path):

@@ -104,7 +104,7 @@ fn check_pod(spec: &PodSpec, meta: &Value, app_containers: usize) {
         .field_ref
         .as_ref()
         .unwrap();
-    assert_eq!(field.field_path, "spec.nodeName");
+    assert_eq!(field.field_path, "status.hostIP");
     assert!(sc.resources.as_ref().unwrap().limits.is_some());
 
     let vols = spec.volumes.as_deref().unwrap();
@@ -306,7 +306,7 @@ fn fixtures_patch_into_valid_objects() {
     let c = &pod_std["spec"]["containers"][0];
     let env = env_names(c);
     for name in [
-        "NODE_NAME",
+        "NODE_IP",
         "http_proxy",
         "https_proxy",
         "HTTP_PROXY",
@@ -325,7 +325,7 @@ fn fixtures_patch_into_valid_objects() {
             .unwrap()["value"]
             .clone()
     };
-    assert_eq!(value("https_proxy"), "http://$(NODE_NAME):1080");
+    assert_eq!(value("https_proxy"), "http://$(NODE_IP):1080");
     assert_eq!(
         value("NO_PROXY"),
         "localhost,127.0.0.1,::1,.svc,.cluster.local,10.43.0.0/16"

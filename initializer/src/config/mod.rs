@@ -126,7 +126,8 @@ pub struct RawCaBundle {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawStandardProxy {
-    /// Proxy URL; default `http://$(NODE_NAME):1080`.
+    /// Proxy URL; default `http://$(NODE_IP):1080` (`NODE_IP` is injected
+    /// from `status.hostIP`; write `http://[$(NODE_IP)]:1080` on IPv6 nodes).
     pub url: Option<String>,
     /// `NO_PROXY`; default `localhost,127.0.0.1,::1,.svc,.cluster.local,<serviceCidr>`.
     pub no_proxy: Option<String>,
@@ -256,14 +257,19 @@ fn env_value(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn env_node_name() -> EnvVar {
+/// `name` from the downward API's `status.hostIP`: the node's primary IP,
+/// known to the kubelet before any container starts. Node *names* do not
+/// resolve from pods on many clusters (kind, most bare-metal and on-prem
+/// ones), and an unresolvable one made the sidecar exit and the pod never
+/// start.
+fn env_host_ip(name: &str) -> EnvVar {
     EnvVar {
-        name: "NODE_NAME".to_owned(),
+        name: name.to_owned(),
         value: None,
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
                 api_version: Some("v1".to_owned()),
-                field_path: "spec.nodeName".to_owned(),
+                field_path: "status.hostIP".to_owned(),
             }),
             ..Default::default()
         }),
@@ -352,7 +358,7 @@ impl TryFrom<RawConfig> for Config {
                         let mut env = vec![
                             env_value("BLOCK_SVC_CIDR", &service_cidr),
                             env_value("ALLOW_DNS", &allow_dns),
-                            env_node_name(),
+                            env_host_ip("NODE_NAME"),
                         ];
                         if let Some(pem) = &ca_cert_pem {
                             env.push(env_value("TPROXY_CA_CERT", pem));
@@ -468,7 +474,7 @@ impl TryFrom<RawConfig> for Config {
                 if proxy_mode == ProxyMode::Standard {
                     let url = std_proxy
                         .url
-                        .unwrap_or_else(|| "http://$(NODE_NAME):1080".to_owned());
+                        .unwrap_or_else(|| "http://$(NODE_IP):1080".to_owned());
                     if !(url.starts_with("http://") || url.starts_with("https://"))
                         || url.len() <= "http://".len()
                     {
@@ -484,7 +490,7 @@ impl TryFrom<RawConfig> for Config {
                             cidr => format!("{base},{cidr}"),
                         }
                     });
-                    env.push(env_node_name());
+                    env.push(env_host_ip("NODE_IP"));
                     for name in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
                         env.push(env_value(name, &url));
                     }
@@ -591,7 +597,7 @@ mod tests {
         assert_eq!(env[0]["name"], "BLOCK_SVC_CIDR");
         assert_eq!(
             env[2]["valueFrom"]["fieldRef"]["fieldPath"],
-            "spec.nodeName"
+            "status.hostIP"
         );
         assert!(c.excluded_namespaces.contains("kube-system"));
         assert_eq!(c.volume_mounts.len(), 3);
@@ -613,13 +619,17 @@ mod tests {
     fn standard_mode_adds_proxy_env() {
         let c = parse("proxyMode: standard\nserviceCidr: 10.0.0.0/16\n").unwrap();
         let get = |n: &str| c.env.iter().find(|e| e["name"] == n).cloned().unwrap();
-        assert_eq!(get("https_proxy")["value"], "http://$(NODE_NAME):1080");
-        assert_eq!(get("HTTP_PROXY")["value"], "http://$(NODE_NAME):1080");
+        assert_eq!(get("https_proxy")["value"], "http://$(NODE_IP):1080");
+        assert_eq!(get("HTTP_PROXY")["value"], "http://$(NODE_IP):1080");
+        assert_eq!(
+            get("NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+            "status.hostIP"
+        );
         let no_proxy = get("NO_PROXY")["value"].as_str().unwrap().to_owned();
         assert!(no_proxy.contains(".svc") && no_proxy.ends_with("10.0.0.0/16"));
-        // NODE_NAME comes before the vars that reference it.
+        // NODE_IP comes before the vars that reference it.
         let pos = |n: &str| c.env.iter().position(|e| e["name"] == n).unwrap();
-        assert!(pos("NODE_NAME") < pos("http_proxy"));
+        assert!(pos("NODE_IP") < pos("http_proxy"));
         assert_ne!(c.marker(), Config::default().marker());
         let mut other_ns = Config::default();
         other_ns.exclude_namespace("tproxy");
