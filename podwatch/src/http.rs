@@ -1,8 +1,11 @@
 //! Minimal HTTP/1.1 endpoint for `/metrics` and `/healthz` (hand-written on
 //! tokio + httparse: two GET routes do not warrant a server framework).
 //!
-//! One request per connection, `Connection: close`, 8 KiB request-head limit,
-//! 5 s read deadline.
+//! One request per connection, `Connection: close`, 8 KiB request-head limit
+//! (`431` beyond), 5 s to send the head and 5 s to take the answer, at most
+//! [`MAX_CONNECTIONS`] at once (more are closed at once): the port is on the
+//! node's IP, and a client that connects and stalls must not pile up tasks
+//! and buffers in the node agent.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +18,9 @@ use crate::reconcile::unix_now;
 
 const MAX_HEAD: usize = 8192;
 const READ_DEADLINE: Duration = Duration::from_secs(5);
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once; Prometheus and the kubelet need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Health rule: healthy until the first reconcile is `grace` seconds overdue
 /// (start-up), then while the last successful reconcile is at most `max_age`
@@ -63,11 +69,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves forever on `listener`.
 pub async fn serve(listener: TcpListener, metrics: Metrics, health: Health) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, limit = MAX_CONNECTIONS, "http connection limit reached; closed");
+                    drop(stream);
+                    continue;
+                };
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = handle(stream, &metrics, health).await {
                         tracing::debug!(error = %e, "http connection error");
                     }
@@ -110,6 +123,10 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, health: Health) -> std
             metrics,
             health,
         ),
+        Err(httparse::Error::TooManyHeaders) => too_large("more than 32 header fields"),
+        Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD => {
+            too_large("request head larger than 8192 bytes")
+        }
         _ => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
     };
     let head_only = req.method == Some("HEAD");
@@ -117,11 +134,28 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, health: Health) -> std
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(body.as_bytes()).await?;
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        if !head_only {
+            stream.write_all(body.as_bytes()).await?;
+        }
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(WRITE_DEADLINE, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client did not take the response in time",
+        )),
     }
-    stream.shutdown().await
+}
+
+fn too_large(why: &str) -> (&'static str, &'static str, String) {
+    (
+        "431 Request Header Fields Too Large",
+        "text/plain",
+        format!("{why}\n"),
+    )
 }
 
 fn route(
@@ -211,10 +245,51 @@ mod tests {
         assert!(p.starts_with("HTTP/1.1 405"), "{p}");
         let b = get(addr, "\x00\x01garbage\r\n\r\n").await;
         assert!(b.starts_with("HTTP/1.1 400"), "{b}");
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
+        let t = get(addr, &big).await;
+        assert!(t.starts_with("HTTP/1.1 431"), "{t}");
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        let t = get(addr, &format!("GET /metrics HTTP/1.1\r\n{many}\r\n")).await;
+        assert!(t.starts_with("HTTP/1.1 431"), "{t}");
         // Stale reconcile → unhealthy.
         metrics.last_success.set(unix_now() - 1000);
         let h = get(addr, "GET /healthz HTTP/1.1\r\n\r\n").await;
         assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn stalled_clients_cannot_take_every_slot_for_long_or_beyond_the_limit() {
+        let metrics = Metrics::new().unwrap();
+        let l = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let health = Health {
+            started: unix_now(),
+            grace: 300,
+            max_age: 180,
+        };
+        let server = tokio::spawn(serve(l, metrics, health));
+        // Fill every slot with clients that send nothing.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // One more is closed at once, without an answer.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut out)).await;
+        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?} {out:?}");
+        // The stalled ones are dropped after the read deadline; then a
+        // client is served again.
+        tokio::time::sleep(READ_DEADLINE + Duration::from_millis(500)).await;
+        let h = get(addr, "GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        drop(idle);
         server.abort();
     }
 }
