@@ -92,6 +92,8 @@ schema = {
             "tracesSamplerArg": {"type": "string"},
             "allowClientCIDRs": {"type": "array", "items": {"type": "string", "pattern": CIDR}},
             "shutdownTimeout": {"type": "integer", "minimum": 0, "maximum": 3600},
+            "maxConnections": {"anyOf": [{"type": "string", "enum": [""]}, {"type": "integer", "minimum": 0}],
+                               "description": "--max-connections; \"\": from the memory limit, 0: none"},
             "logLevel": {"type": "string", "minLength": 1},
             "extraArgs": {"type": "array", "items": {"type": "string"}},
         }),

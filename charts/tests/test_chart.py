@@ -312,6 +312,21 @@ def test_ipv6_off_listens_on_ipv4_only():
     assert flag(container(objs, "podwatch")["args"], "ipv6") == "false"
 
 
+def test_max_connections_follows_the_memory_limit_or_the_value():
+    def args(*sets):
+        objs = render(*[x for s in sets for x in ("--set", s)])
+        return container(objs, "proxy")["args"]
+
+    # 256Mi: (256 - 48) * 1024 / 64 connections.
+    assert flag(args(), "max-connections") == "3328"
+    assert flag(args("tproxy.resources.limits.memory=1Gi"), "max-connections") == "15616"
+    assert flag(args("tproxy.maxConnections=500"), "max-connections") == "500"
+    for no_flag in (args("tproxy.maxConnections=0"), args("tproxy.resources.limits.memory=268435456")):
+        assert not [a for a in no_flag if a.startswith("--max-connections")], no_flag
+    proc = helm("template", "t", str(CHART), "--set", "tproxy.maxConnections=-1", check=False)
+    assert proc.returncode != 0 and "maxConnections" in proc.stderr, proc.stderr
+
+
 def test_tracing_and_sampler_reach_the_proxy(rendered):
     proxy = container(rendered["monitoring"], "proxy")
     assert flag(proxy["args"], "otlp-endpoint") == "http://otel-collector.monitoring:4318"

@@ -210,6 +210,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub shutdown_timeout: f64,
 
+    /// Most client connections open at once, all listeners together; more are closed as
+    /// they arrive, logged and counted (tproxy_client_refusals_total{reason="max_connections"}),
+    /// while the open ones keep working. Size it from the memory limit (docs/capacity.md;
+    /// the Helm chart does). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections: usize,
+
     /// Largest accepted request/response header section, in bytes (bigger: 431/502).
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
@@ -423,6 +430,8 @@ pub struct Config {
     pub request_head_timeout: Duration,
     pub request_body: crate::engine::pace::BodyPace,
     pub shutdown_timeout: Duration,
+    /// `--max-connections` (None: no limit).
+    pub max_connections: Option<usize>,
     pub limits: Limits,
     pub cert_cache_size: usize,
     pub ca_key_kind: KeyKind,
@@ -542,6 +551,7 @@ impl TryFrom<&RunArgs> for Config {
                 min_rate: a.request_body_min_rate,
             },
             shutdown_timeout: secs("--shutdown-timeout", a.shutdown_timeout)?,
+            max_connections: (a.max_connections > 0).then_some(a.max_connections),
             limits: Limits {
                 max_head_bytes: a.max_header_bytes,
                 max_headers: a.max_headers,

@@ -64,6 +64,27 @@ async fn client_allowed_soon(worker: &Worker, peer: SocketAddr) -> bool {
 pub async fn serve(worker: &Worker, mode: Mode, stream: TcpStream, peer: SocketAddr) {
     let shared = &worker.shared;
     let peer = origdst::normalize(peer);
+    // The ceiling: beyond it a connection is shed at once (degrade, do not
+    // get OOM-killed with every pod's egress); the open ones are untouched.
+    // `in_flight` counts this connection already.
+    if let Some(max) = shared.cfg.max_connections {
+        let open = shared.in_flight.load(std::sync::atomic::Ordering::Acquire);
+        if open > max {
+            let detail = format!(
+                "{} connections open, the --max-connections limit (closed before reading); \
+                 raise it with the memory limit (docs/capacity.md) or spread the load",
+                open - 1
+            );
+            refused(
+                worker,
+                mode,
+                peer,
+                RefusalReason::MaxConnections,
+                Some(detail),
+            );
+            return;
+        }
+    }
     // Who may use this listener, decided before a byte is read; a refused
     // connection is closed by dropping `stream` (docs/access.md).
     let redirected_to = match mode {

@@ -42,7 +42,7 @@ pub struct Shared {
     /// One heartbeat per worker event loop (`/healthz`).
     pub health: crate::health::Heartbeats,
     /// Rate limits of the "refused a client" warnings, per [`crate::access::RefusalReason`].
-    pub refusal_logs: [crate::access::RefusalLog; 3],
+    pub refusal_logs: [crate::access::RefusalLog; crate::access::RefusalReason::ALL.len()],
 }
 
 impl Shared {

@@ -463,3 +463,93 @@ fn proxyauth_requires_basic_credentials_on_every_explicit_request() {
     // The password is never printed.
     assert!(!p.dump().contains("s3cret"), "{}", p.dump());
 }
+
+#[test]
+fn beyond_max_connections_new_clients_are_shed_and_open_ones_keep_working() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let pki = TestPki::new();
+    let ng = Nginx::start(&pki);
+    let p = ProxyBuilder::new()
+        .upstream_ca(&pki.ca_pem())
+        .args(&["--max-connections", "2"])
+        .spawn();
+    let series = r#"tproxy_client_refusals_total{mode="regular",reason="max_connections"}"#;
+    let request = |s: &mut TcpStream, tag: &str| -> String {
+        let req = format!(
+            "GET {}/small.txt?{tag} HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+            ng.http_base(),
+            ng.http_port
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(SMALL_BODY) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let open = |tag: &str| {
+        let mut s = TcpStream::connect(p.addr("regular")).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let answer = request(&mut s, tag);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        s
+    };
+    // Two keep-alive clients fill the ceiling.
+    let mut a = open("a1");
+    let mut b = open("b1");
+    // A third is closed before a byte is read (the admin listener's scrape
+    // below does not count: it is not a proxy listener).
+    let mut c = TcpStream::connect(p.addr("regular")).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let _ = c.write_all(b"GET http://localhost/ HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut rest = Vec::new();
+    let shed = c.read_to_end(&mut rest);
+    // Closed at once: end of stream or a reset, nothing answered, no timeout.
+    let closed = match &shed {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed && rest.is_empty(),
+        "{shed:?}: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_eq!(metric(&p, None, series), 1.0, "{}", p.dump());
+    assert!(
+        p.wait_for_stderr("--max-connections limit", T).is_some(),
+        "{}",
+        p.dump()
+    );
+    // The open ones keep working.
+    assert!(request(&mut a, "a2").starts_with("HTTP/1.1 200"));
+    assert!(request(&mut b, "b2").starts_with("HTTP/1.1 200"));
+    // One leaves: a new client is served again.
+    drop(a);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let mut s = TcpStream::connect(p.addr("regular")).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let req = format!(
+            "GET {}/small.txt?d HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+            ng.http_base(),
+            ng.http_port
+        );
+        let _ = s.write_all(req.as_bytes());
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        if String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served again\n{}",
+            p.dump()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(request(&mut b, "b3").starts_with("HTTP/1.1 200"));
+}

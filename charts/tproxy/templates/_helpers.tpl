@@ -151,3 +151,26 @@ upgrades; `lookup` returns nothing under `helm template`) > a new CA. */}}
 {{- $m.cert | sha256sum -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+--max-connections: tproxy.maxConnections, or when it is "" derived from the
+proxy's memory limit (Mi/Gi): (MiB - 48) * 1024 / 64. Empty: no flag.
+*/}}
+{{- define "tproxy.maxConnections" -}}
+{{- $v := .Values.tproxy.maxConnections -}}
+{{- if kindIs "string" $v -}}
+{{- $mem := "" -}}
+{{- with .Values.tproxy.resources -}}{{- with .limits -}}{{- $mem = toString (.memory | default "") -}}{{- end -}}{{- end -}}
+{{- $mib := 0 -}}
+{{- if regexMatch "^[0-9]+Gi$" $mem -}}
+{{- $mib = mul (trimSuffix "Gi" $mem | int) 1024 -}}
+{{- else if regexMatch "^[0-9]+Mi$" $mem -}}
+{{- $mib = trimSuffix "Mi" $mem | int -}}
+{{- end -}}
+{{- if gt $mib 64 -}}
+{{- div (mul (sub $mib 48) 1024) 64 -}}
+{{- end -}}
+{{- else if gt (int $v) 0 -}}
+{{- int $v -}}
+{{- end -}}
+{{- end -}}

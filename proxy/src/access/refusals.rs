@@ -15,14 +15,17 @@ pub enum RefusalReason {
     NotRedirected,
     /// Regular listener: a request without the right `--proxyauth` credentials (407).
     ProxyAuth,
+    /// Any listener: `--max-connections` connections were open already.
+    MaxConnections,
 }
 
 impl RefusalReason {
     /// Every reason, in label-index order.
-    pub const ALL: [RefusalReason; 3] = [
+    pub const ALL: [RefusalReason; 4] = [
         RefusalReason::NotAllowed,
         RefusalReason::NotRedirected,
         RefusalReason::ProxyAuth,
+        RefusalReason::MaxConnections,
     ];
 
     /// The metric label value.
@@ -31,6 +34,7 @@ impl RefusalReason {
             RefusalReason::NotAllowed => "not_allowed",
             RefusalReason::NotRedirected => "not_redirected",
             RefusalReason::ProxyAuth => "proxy_auth",
+            RefusalReason::MaxConnections => "max_connections",
         }
     }
 }
@@ -102,6 +106,14 @@ mod tests {
     #[test]
     fn labels() {
         let labels: Vec<_> = RefusalReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(labels, ["not_allowed", "not_redirected", "proxy_auth"]);
+        assert_eq!(
+            labels,
+            [
+                "not_allowed",
+                "not_redirected",
+                "proxy_auth",
+                "max_connections"
+            ]
+        );
     }
 }

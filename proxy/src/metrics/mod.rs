@@ -32,7 +32,7 @@ pub struct Metrics {
     pub registry: Registry,
     conns: [[IntCounter; 3]; 2],
     /// `tproxy_client_refusals_total{mode,reason}` (index: mode, [`RefusalReason`] order).
-    refusals: [[IntCounter; 3]; 2],
+    refusals: [[IntCounter; RefusalReason::ALL.len()]; 2],
     /// Open client connections per listener mode (moved by conn.rs).
     active: [IntGauge; 2],
     /// Open passthrough connections per listener mode.
