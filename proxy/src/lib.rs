@@ -22,6 +22,7 @@ pub mod passthrough;
 pub mod poddir;
 pub mod policy;
 pub mod run;
+pub mod shutdown;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

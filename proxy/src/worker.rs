@@ -93,6 +93,8 @@ pub struct Worker {
     pub me: Weak<Worker>,
     /// Multiplexed HTTP/2 upstream connections of this worker.
     pub h2: RefCell<crate::engine::h2::client::H2Pool>,
+    /// Fired by this worker's loop when the process starts shutting down.
+    pub shutdown: crate::shutdown::ShutdownSignal,
 }
 
 impl Worker {
@@ -174,6 +176,7 @@ pub fn run(
             pods: shared.pods.as_ref().map(|p| RefCell::new(p.snapshot())),
             me: me.clone(),
             h2: RefCell::default(),
+            shutdown: Default::default(),
         });
         let mut accept_tasks = Vec::new();
         for (mode, std_listener) in listeners {
@@ -194,6 +197,7 @@ pub fn run(
                 worker.closed_upstreams(closed);
             }
         }
+        worker.shutdown.fire();
         for t in accept_tasks {
             t.await;
         }

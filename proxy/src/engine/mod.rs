@@ -119,7 +119,11 @@ pub async fn serve(
             idle: shared.cfg.idle_timeout,
             head: shared.cfg.request_head_timeout,
         };
-        let head = match read_head(client, &mut buf, waits, &quit, |b| {
+        let quitting = Quit {
+            signal: Some(&worker.shutdown),
+            now: &quit,
+        };
+        let head = match read_head(client, &mut buf, waits, quitting, |b| {
             parse_request(b, &limits)
         })
         .await
@@ -877,7 +881,7 @@ impl Send<'_> {
                 &mut conn.io,
                 self.ubuf,
                 HeadWaits::total(idle),
-                &|| false,
+                Quit::NEVER,
                 |b| parse_response(b, limits),
             )
             .await
@@ -1080,8 +1084,27 @@ impl HeadWaits {
     }
 }
 
+/// When [`read_head`] gives up waiting for a new head because tproxy is
+/// shutting down: `now()` says whether to quit; it is asked when `signal`
+/// fires and, from then on, every 250 ms (it may turn true later, e.g. at
+/// the end of the first request's grace). Before the signal the read sleeps
+/// until data or its deadline: an idle connection costs no wake-ups.
+#[derive(Clone, Copy)]
+pub(crate) struct Quit<'a> {
+    signal: Option<&'a crate::shutdown::ShutdownSignal>,
+    now: &'a dyn Fn() -> bool,
+}
+
+impl Quit<'_> {
+    /// Never quit (response heads: the exchange is in flight).
+    pub(crate) const NEVER: Quit<'static> = Quit {
+        signal: None,
+        now: &|| false,
+    };
+}
+
 /// Read until `parse` yields a head. `Ok(None)`: clean EOF before any byte,
-/// or `quit()` turned true while no byte of a new head had arrived (reads on
+/// or `quit` said so while no byte of a new head had arrived (reads on
 /// poll-io streams are cancel-safe, so waking up to check loses nothing).
 /// Waits `waits.idle` for the first byte (`Io(TimedOut)`), then `waits.head`
 /// from the first byte to the end of the head (`HeadTimeout`).
@@ -1089,7 +1112,7 @@ async fn read_head<R, T>(
     r: &mut R,
     buf: &mut Vec<u8>,
     waits: HeadWaits,
-    quit: &dyn Fn() -> bool,
+    quit: Quit<'_>,
     parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, ParseError>,
 ) -> Result<Option<(T, usize)>, HeadError>
 where
@@ -1119,10 +1142,24 @@ where
                     None => HeadError::Io(std::io::ErrorKind::TimedOut.into()),
                 });
             }
-            match monoio::time::timeout(left.min(TICK), r.read_buf(buf)).await {
+            let read = match quit.signal {
+                // Between requests, not shutting down: data, the deadline or
+                // the signal.
+                Some(signal) if buf.is_empty() && !signal.fired() => monoio::select! {
+                    r = monoio::time::timeout(left, r.read_buf(buf)) => r,
+                    () = signal.wait() => continue,
+                },
+                // Shutting down: ask `quit.now` every TICK.
+                Some(_) if buf.is_empty() => {
+                    monoio::time::timeout(left.min(TICK), r.read_buf(buf)).await
+                }
+                // Inside a head, or never quitting: data or the deadline.
+                _ => monoio::time::timeout(left, r.read_buf(buf)).await,
+            };
+            match read {
                 Ok(Ok(n)) => break n,
                 Ok(Err(e)) => return Err(HeadError::Io(e)),
-                Err(_) if buf.is_empty() && quit() => return Ok(None),
+                Err(_) if buf.is_empty() && (quit.now)() => return Ok(None),
                 Err(_) => {}
             }
         };

@@ -257,7 +257,7 @@ async fn send(
             &mut conn.io,
             ubuf,
             HeadWaits::total(shared.cfg.idle_timeout),
-            &|| false,
+            crate::engine::Quit::NEVER,
             |b| parse_response(b, &limits),
         )
         .await;

@@ -97,10 +97,27 @@ pub async fn serve<T>(
     });
     let mut going_away: Option<Instant> = None;
     let mut idle_since = Instant::now();
+    let signal = &worker.shutdown;
     loop {
+        // Wake for a stream, the shutdown signal, or the next check: every
+        // 250 ms while going away, every second while streams run (to date
+        // the idle start), else when --idle-timeout would run out. An idle
+        // connection costs no wake-ups.
+        let check = if going_away.is_some() || signal.fired() {
+            Duration::from_millis(250)
+        } else if conn.has_streams() {
+            Duration::from_secs(1)
+        } else {
+            shared
+                .cfg
+                .idle_timeout
+                .saturating_sub(idle_since.elapsed())
+                .max(Duration::from_millis(1))
+        };
         let next = monoio::select! {
             r = conn.accept() => Some(r),
-            _ = monoio::time::sleep(Duration::from_millis(250)) => None,
+            () = signal.wait(), if !signal.fired() => None,
+            _ = monoio::time::sleep(check) => None,
         };
         match next {
             None => {
