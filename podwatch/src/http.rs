@@ -215,10 +215,8 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn serves_metrics_healthz_and_errors() {
-        let metrics = Metrics::new().unwrap();
-        metrics.reconciles.inc();
+    /// The responder on a loopback port, healthy for 300 s.
+    async fn start(metrics: Metrics) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let l = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = l.local_addr().unwrap();
         let health = Health {
@@ -226,7 +224,14 @@ mod tests {
             grace: 300,
             max_age: 180,
         };
-        let server = tokio::spawn(serve(l, metrics.clone(), health));
+        (addr, tokio::spawn(serve(l, metrics, health)))
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_healthz_and_errors() {
+        let metrics = Metrics::new().unwrap();
+        metrics.reconciles.inc();
+        let (addr, server) = start(metrics.clone()).await;
         let m = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
         assert!(m.contains("tproxy_podwatch_reconciles_total 1\n"), "{m}");
@@ -263,15 +268,7 @@ mod tests {
 
     #[tokio::test]
     async fn stalled_clients_cannot_take_every_slot_for_long_or_beyond_the_limit() {
-        let metrics = Metrics::new().unwrap();
-        let l = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let health = Health {
-            started: unix_now(),
-            grace: 300,
-            max_age: 180,
-        };
-        let server = tokio::spawn(serve(l, metrics, health));
+        let (addr, server) = start(Metrics::new().unwrap()).await;
         // Fill every slot with clients that send nothing.
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
