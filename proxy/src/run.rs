@@ -222,6 +222,7 @@ pub fn run(cfg: Config) -> Result<Outcome, StartError> {
     }
     log_access(&shared.cfg, &bound);
     report_migrate_req(&shared.metrics);
+    raise_nofile(shared.cfg.max_connections);
 
     let sig = wait_for_signal(&signals);
     let deadline = Instant::now() + shared.cfg.shutdown_timeout;
@@ -309,6 +310,49 @@ fn stop_on_output_failure(
             // signal is blocked in every thread and taken by sigwait.
             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         })),
+    }
+}
+
+/// Raise the open-file soft limit to the hard one (as Go programs and most
+/// servers do): an intercepted connection holds two descriptors, a spliced
+/// one four, and the common soft default of 1024 ends a busy laptop proxy in
+/// `accept failed: Too many open files`. Warn when `--max-connections` needs
+/// more than the limit allows.
+fn raise_nofile(max_connections: Option<usize>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a
+    // live rlimit; they cannot affect memory safety.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|v| v.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(lim.rlim_max);
+        lim.rlim_cur = lim.rlim_max.min(nr_open);
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } != 0 {
+            lim.rlim_cur = before;
+        }
+    }
+    let limit: u64 = lim.rlim_cur;
+    tracing::debug!(limit, before, "open-file limit");
+    if let Some(max) = max_connections {
+        let needed = (max as u64).saturating_mul(2).saturating_add(64);
+        if needed > limit {
+            tracing::warn!(
+                max_connections = max,
+                open_file_limit = limit,
+                "--max-connections {max} needs about {needed} open files (two per connection), more than \
+                 the open-file limit {limit}: connections beyond it fail to be accepted instead of being \
+                 shed; raise the limit (ulimit -n, LimitNOFILE=) or lower --max-connections"
+            );
+        }
     }
 }
 

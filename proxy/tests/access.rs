@@ -553,3 +553,61 @@ fn beyond_max_connections_new_clients_are_shed_and_open_ones_keep_working() {
     }
     assert!(request(&mut b, "b3").starts_with("HTTP/1.1 200"));
 }
+
+#[test]
+fn the_open_file_limit_is_raised_and_a_ceiling_above_it_is_reported() {
+    use std::io::BufRead;
+    let confdir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=256:4096", support::proxy::tproxy_bin()])
+        .args([
+            "--mode",
+            "regular@127.0.0.1:0",
+            "--admin",
+            "off",
+            "--confdir",
+        ])
+        .arg(confdir.path())
+        .args(["--max-connections", "5000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = err.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let warned = wait_until(T, || {
+        err.lock()
+            .unwrap()
+            .contains("--max-connections 5000 needs about 10064 open files")
+            .then_some(())
+    });
+    // prlimit execs tproxy: the child's PID is the proxy's. The warning is
+    // logged after the limit was raised.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = err.lock().unwrap().clone();
+    assert!(warned.is_some(), "{text}");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[3..5],
+        ["4096", "4096"],
+        "soft limit not raised to the hard one: {open_files:?}"
+    );
+}
