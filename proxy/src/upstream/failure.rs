@@ -123,6 +123,29 @@ pub const H2_MAX_ATTEMPTS: usize = 64;
 /// processes any stream of a connection processes its first one.
 pub const H2_OWN_CONNECTION_AFTER: usize = 3;
 
+/// Why a failed HTTP/2 attempt may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Retry {
+    /// The upstream proved it did not process the stream (GOAWAY,
+    /// REFUSED_STREAM), or the stream never left.
+    Unprocessed,
+    /// The connection closed under the stream before its response head.
+    Lost,
+}
+
+impl H2Retry {
+    /// The retry kind of a stream error seen before the response head.
+    pub fn of(e: &h2::Error) -> Option<H2Retry> {
+        if h2_unprocessed(e) {
+            Some(H2Retry::Unprocessed)
+        } else if e.is_io() {
+            Some(H2Retry::Lost)
+        } else {
+            None
+        }
+    }
+}
+
 /// A stream's retry budget ([`H2_MAX_FUTILE_ATTEMPTS`], [`H2_MAX_ATTEMPTS`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct H2Budget {
@@ -153,6 +176,16 @@ impl H2Budget {
         self.lost = true;
         self.attempts += 1;
         self.attempts < H2_MAX_ATTEMPTS
+    }
+
+    /// Count a failed attempt of kind `retry` ([`refused`](Self::refused)
+    /// with `progress`, or [`lost`](Self::lost) for `method`); returns
+    /// whether to send it again.
+    pub fn allows(&mut self, retry: H2Retry, progress: bool, method: &str) -> bool {
+        match retry {
+            H2Retry::Unprocessed => self.refused(progress),
+            H2Retry::Lost => self.lost(idempotent(method)),
+        }
     }
 
     /// Attempts made so far.

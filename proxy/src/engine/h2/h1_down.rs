@@ -18,7 +18,7 @@ use crate::engine::verdict::{self, Verdict};
 use crate::flowlog::{HttpFlow, HttpVersion};
 use crate::http1::codec::{self, BodyKind, RequestHead};
 use crate::net::stream::ClientIo;
-use crate::upstream::failure::{self, Cause, H2Budget};
+use crate::upstream::failure::{self, Cause, H2Budget, H2Retry};
 use crate::worker::Worker;
 
 /// Everything one request needs (borrowed from the HTTP/1 engine's loop).
@@ -92,15 +92,14 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
             Ok(mut s) => s.send_request(req, eos),
             Err(e) => Err(e),
         };
-        // The error, and whether the upstream proved it did not process it
-        // (`Some(true)`) or the connection closed under it (`Some(false)`).
+        // The error, and why it may be sent again (if it may).
         let (e, retryable, what) = match started {
             Err(e) => {
                 up.retire(worker, &route.target);
                 let never_sent = e.is_go_away() || e.is_io() || e.is_remote();
                 (
                     e,
-                    never_sent.then_some(true),
+                    never_sent.then_some(H2Retry::Unprocessed),
                     "upstream HTTP/2 connection failed",
                 )
             }
@@ -165,28 +164,15 @@ pub async fn exchange(r: Req<'_>, up: H2Upstream, head: RequestHead, req_kind: B
                             up.retire(worker, &route.target);
                         }
                         let replayable = eos || kept.as_ref().is_some_and(Replay::replayable);
-                        let retry = if failure::h2_unprocessed(&e) {
-                            Some(true)
-                        } else if e.is_io() {
-                            Some(false)
-                        } else {
-                            None
-                        };
-                        (
-                            e,
-                            retry.filter(|_| replayable),
-                            "upstream HTTP/2 stream failed",
-                        )
+                        let retry = H2Retry::of(&e).filter(|_| replayable);
+                        (e, retry, "upstream HTTP/2 stream failed")
                     }
                 }
             }
         };
         let cause = failure::h2_cause(&e);
-        let again = match retryable {
-            Some(true) => budget.refused(up.progress() != seen),
-            Some(false) => budget.lost(failure::idempotent(&method)),
-            None => false,
-        };
+        let progress = up.progress() != seen;
+        let again = retryable.is_some_and(|r| budget.allows(r, progress, &method));
         if !again {
             let tries = if retryable.is_some() && budget.attempts() > 0 {
                 format!(" (after {} attempts)", budget.attempts())

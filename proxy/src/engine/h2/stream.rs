@@ -412,13 +412,10 @@ impl Exchange<'_> {
                 if e.is_go_away() {
                     up.retire(worker, &self.route.target);
                 }
-                let unprocessed = failure::h2_unprocessed(&e);
-                let again = if unprocessed {
-                    budget.refused(up.progress() != seen)
-                } else {
-                    e.is_io() && budget.lost(failure::idempotent(&self.flow.method))
-                };
-                if again {
+                let kind = failure::H2Retry::of(&e);
+                let unprocessed = kind == Some(failure::H2Retry::Unprocessed);
+                let progress = up.progress() != seen;
+                if kind.is_some_and(|k| budget.allows(k, progress, &self.flow.method)) {
                     retry = Some((cause, failure::describe_h2(&e)));
                 } else {
                     match e.reason() {
